@@ -1,0 +1,88 @@
+# CloudML — every entry point. `make help` lists the targets.
+# On a fresh machine `make run` and `make test` install what they need themselves.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+SYSTAMP := $(VENV)/.system-stamp
+PIPELINE ?= tuned
+CRON ?= 0 0 6 * * 1
+REGISTRY ?= ghcr.io/cloudml
+TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+export CLOUDML_REGISTRY ?= $(REGISTRY)
+export CLOUDML_TAG ?= $(TAG)
+
+# jemalloc keeps freed activations mapped instead of faulting them back every step
+# (DESIGN §3: 2.5x faster CPU training). Used when the library is present.
+JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
+ifneq ($(JEMALLOC),)
+RUN_ENV := LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
+endif
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system-deps run test test-fast lint format compile submit schedule \
+        preflight images manifests-check bench synth clean
+
+help: ## list targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "  variables: PIPELINE=$(PIPELINE) CRON='$(CRON)' REGISTRY=$(REGISTRY) TAG=$(TAG)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+setup: $(STAMP) ## create .venv and install cloudml with its dependencies
+
+$(SYSTAMP): scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh
+	@mkdir -p $(VENV) && touch $@
+
+system-deps: $(SYSTAMP) ## Debian packages (jemalloc, prometheus, pushgateway, promtool) when root
+
+run: $(STAMP) $(SYSTAMP) ## run PIPELINE (default tuned) on KFP's local runner, embedded default
+	$(RUN_ENV) $(PY) -m cloudml run --pipeline $(PIPELINE)
+
+test: $(STAMP) $(SYSTAMP) ## the whole test suite (lint, manifests, unit, end-to-end)
+	$(PY) -m ruff check .
+	$(MAKE) --no-print-directory manifests-check
+	$(RUN_ENV) $(PY) -m pytest -q
+
+test-fast: $(STAMP) ## unit tests only (skips slow end-to-end tests)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP) ## ruff
+	$(PY) -m ruff check .
+
+format: $(STAMP) ## ruff format + autofix
+	$(PY) -m ruff format cloudml components pipelines tests
+	$(PY) -m ruff check --fix .
+
+synth: $(STAMP) ## write the default synthetic campaign to data/raw
+	$(PY) -m cloudml synth --out data/raw
+
+compile: $(STAMP) ## compile PIPELINE to build/pipelines/$(PIPELINE).yaml
+	$(PY) -m cloudml compile --pipeline $(PIPELINE) --out build/pipelines/$(PIPELINE).yaml
+
+submit: $(STAMP) ## compile, upload and start PIPELINE on the Kubeflow endpoint in KFP_HOST
+	$(PY) -m cloudml submit --pipeline $(PIPELINE)
+
+schedule: $(STAMP) ## recurring run of PIPELINE on CRON (six fields, UTC)
+	$(PY) -m cloudml schedule --pipeline $(PIPELINE) --cron '$(CRON)'
+
+preflight: $(STAMP) ## check the cluster in the kube config is ready for a submit
+	$(PY) -m cloudml preflight
+
+images: ## build and push the CPU and GPU images with docker buildx (REGISTRY, TAG)
+	bash images/build.sh $(REGISTRY) $(TAG)
+
+manifests-check: $(STAMP) $(SYSTAMP) ## render overlays, validate schemas, PSS, promtool, dashboard
+	$(PY) -m cloudml.manifests_check manifests
+
+bench: $(STAMP) $(SYSTAMP) ## benchmarks -> build/bench/results.json and docs/benchmarks.md
+	$(PY) bench/run.py
+
+clean: ## remove build outputs (keeps .venv, data/ and runs/)
+	rm -rf build .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from cloudml.cli import main
+
+sys.exit(main())

@@ -1,0 +1,366 @@
+"""Typed configuration: YAML presets -> one dataclass per concern, `--set key=value` overrides.
+
+A preset is a flat YAML mapping (`cloudml/presets/<name>.yaml`); every key belongs to exactly
+one of DataConfig, ModelConfig or TrainConfig, and every key is also a pipeline parameter.
+Unknown keys and invalid values are rejected once, with every problem listed.
+
+    cfg = load_config("tuned", ["learning_rate=3e-4", "memory_optimized=true"])
+    cfg.train.learning_rate  # 0.0003
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cloudml.errors import ConfigError
+from cloudml.flights import FLIGHT_NAMES
+
+# cbh label range per filter_type, km (DESIGN §2)
+CBH_RANGES_KM: dict[str, tuple[float, float]] = {"basic": (0.1, 2.0), "practical": (0.05, 2.5)}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+SCALES = ("local", "full")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Flights, label filter and the preprocessing applied once at ingest."""
+
+    temporal_frames: int = 5
+    swath_slice: tuple[int, int] = (40, 480)  # rows kept, in 512-row full-frame units
+    flat_field_correction: bool = True
+    clahe_clip_limit: float = 0.01  # 0 disables CLAHE
+    zscore_normalize: bool = True
+    augment: bool = True  # training-time only
+    filter_type: str = "basic"
+    pretrain_flight: str = "30Oct24"
+    overweight_flight: str = "30Oct24"
+    validation_flight: str = "12Feb25"
+    flights: tuple[str, ...] = FLIGHT_NAMES
+    # `local` bins frames down for a CPU (data/compute size only, never hyperparameters)
+    scale: str = "full"
+
+    @property
+    def cbh_range_km(self) -> tuple[float, float]:
+        return CBH_RANGES_KM[self.filter_type]
+
+    @property
+    def training_flights(self) -> tuple[str, ...]:
+        """Every campaign flight except the validation flight (finetune's data)."""
+        return tuple(f for f in self.flights if f != self.validation_flight)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The research network (DESIGN §5)."""
+
+    memory_optimized: bool = False  # 32/64/128 channels instead of 64/128/256
+    use_spatial_attention: bool = True
+    use_temporal_attention: bool = True
+    use_multiscale_temporal: bool = False
+    attention_heads: int = 4
+    gradient_checkpointing: bool = True
+    torch_compile: bool = True
+    torch_compile_mode: str = "default"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation, schedule, early stopping (DESIGN §6)."""
+
+    learning_rate: float = 0.0005
+    warmup_steps: int = 500  # optimizer steps
+    weight_decay: float = 0.04
+    epochs: int = 50
+    batch_size: int = 20
+    optimizer: str = "AdamW"
+    scheduler: str = "ReduceLROnPlateau"
+    plateau_factor: float = 0.5
+    plateau_patience: int = 5
+    loss_type: str = "huber"
+    loss_alpha: float = 0.5  # mse_mae: alpha*MSE + (1-alpha)*MAE
+    huber_delta: float = 1.0
+    grad_clip: float = 1.0
+    early_stopping_patience: int = 10
+    early_stopping_min_delta: float = 0.0005
+    overweight_factor: float = 2.0
+    val_fraction: float = 0.2  # time-ordered tail held out for model selection
+    mixed_precision: bool = True  # CUDA only; ignored on CPU
+    seed: int = 42
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str = "custom"
+
+    def flat(self) -> dict[str, Any]:
+        """All keys in one JSON-friendly mapping (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for section in (self.data, self.model, self.train):
+            for f in fields(section):
+                v = getattr(section, f.name)
+                out[f.name] = list(v) if isinstance(v, tuple) else v
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps({"preset": self.preset, **self.flat()}, indent=2)
+
+
+_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+KEY_SECTION: dict[str, str] = {
+    f.name: section for section, cls in _SECTIONS.items() for f in fields(cls)
+}
+
+
+def preset_names() -> list[str]:
+    return sorted(
+        p.name.removesuffix(".yaml")
+        for p in resources.files("cloudml.presets").iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def read_preset(name_or_path: str) -> dict[str, Any]:
+    """The raw key/value mapping of a preset name (`tuned`) or a YAML file path."""
+    if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} does not exist")
+        text, where = path.read_text(), str(path)
+    else:
+        res = resources.files("cloudml.presets") / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(
+                f"unknown preset {name_or_path!r}; known presets: {', '.join(preset_names())}"
+            )
+        text, where = res.read_text(), f"preset {name_or_path}"
+    try:
+        raw = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping of key: value, got {type(raw).__name__}")
+    return raw
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, Any]:
+    """`["lr=1e-3", "swath_slice=[0,512]"]` -> {"lr": 0.001, ...}; values parsed as YAML."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not key=value")
+        try:
+            out[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = value
+    return out
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Check `value` against a field type; ints pass as floats. Raises ValueError."""
+    origin = typing.get_origin(typ)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key}: expected true/false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ValueError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ValueError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        if key.endswith("_flight") and isinstance(value, (int, float)):
+            return str(value)
+        raise ValueError(f"{key}: expected a string, got {value!r}")
+    if origin is tuple:
+        args = typing.get_args(typ)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(key, v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"{key}: expected {len(args)} values, got {list(value)!r}")
+        return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
+    if isinstance(typ, types.UnionType):
+        raise TypeError(f"unsupported config type for {key}: {typ}")
+    raise TypeError(f"unsupported config type for {key}: {typ}")
+
+
+def validate(cfg: Config) -> list[str]:
+    """Every problem with a resolved config (empty when valid)."""
+    d, m, t = cfg.data, cfg.model, cfg.train
+    p: list[str] = []
+    for key in ("pretrain_flight", "overweight_flight", "validation_flight"):
+        if getattr(d, key) not in d.flights:
+            p.append(f"{key}: unknown flight {getattr(d, key)!r} (known: {', '.join(d.flights)})")
+    unknown = [f for f in d.flights if f not in FLIGHT_NAMES]
+    if unknown:
+        p.append(f"flights: unknown flight(s) {unknown} (known: {', '.join(FLIGHT_NAMES)})")
+    if len(set(d.flights)) != len(d.flights):
+        p.append(f"flights: duplicates in {list(d.flights)}")
+    if d.validation_flight == d.pretrain_flight:
+        p.append("validation_flight must differ from pretrain_flight (it is held out of training)")
+    if d.validation_flight == d.overweight_flight:
+        p.append("validation_flight must differ from overweight_flight (it is held out of training)")
+    if d.temporal_frames < 1:
+        p.append(f"temporal_frames: must be >= 1, got {d.temporal_frames}")
+    a, b = d.swath_slice
+    if not (0 <= a < b <= 512):
+        p.append(f"swath_slice: need 0 <= start < stop <= 512 (full-frame rows), got [{a}, {b}]")
+    if not (0.0 <= d.clahe_clip_limit <= 1.0):
+        p.append(f"clahe_clip_limit: must be in [0, 1], got {d.clahe_clip_limit}")
+    if d.filter_type not in CBH_RANGES_KM:
+        p.append(f"filter_type: must be one of {sorted(CBH_RANGES_KM)}, got {d.filter_type!r}")
+    if d.scale not in SCALES:
+        p.append(f"scale: must be one of {list(SCALES)}, got {d.scale!r}")
+    if m.attention_heads < 1:
+        p.append(f"attention_heads: must be >= 1, got {m.attention_heads}")
+    elif (128 if m.memory_optimized else 256) % m.attention_heads:
+        width = 128 if m.memory_optimized else 256
+        p.append(f"attention_heads: must divide the feature width {width}, got {m.attention_heads}")
+    if m.torch_compile_mode not in COMPILE_MODES:
+        p.append(f"torch_compile_mode: must be one of {list(COMPILE_MODES)}, got {m.torch_compile_mode!r}")
+    if not t.learning_rate > 0:
+        p.append(f"learning_rate: must be > 0, got {t.learning_rate}")
+    for key in ("warmup_steps", "plateau_patience"):
+        if getattr(t, key) < 0:
+            p.append(f"{key}: must be >= 0, got {getattr(t, key)}")
+    for key in ("weight_decay", "early_stopping_min_delta", "grad_clip"):
+        if getattr(t, key) < 0:
+            p.append(f"{key}: must be >= 0, got {getattr(t, key)}")
+    if t.epochs < 1:
+        p.append(f"epochs: must be >= 1, got {t.epochs}")
+    if t.batch_size < 2:
+        p.append(f"batch_size: must be >= 2 (BatchNorm needs two samples), got {t.batch_size}")
+    if t.early_stopping_patience < 1:
+        p.append(f"early_stopping_patience: must be >= 1, got {t.early_stopping_patience}")
+    if not t.overweight_factor >= 1.0:
+        p.append(f"overweight_factor: must be >= 1, got {t.overweight_factor}")
+    if t.optimizer != "AdamW":
+        p.append(f"optimizer: only 'AdamW' is implemented, got {t.optimizer!r}")
+    if t.scheduler != "ReduceLROnPlateau":
+        p.append(f"scheduler: only 'ReduceLROnPlateau' is implemented, got {t.scheduler!r}")
+    if t.loss_type not in ("huber", "mse_mae"):
+        p.append(f"loss_type: must be 'huber' or 'mse_mae', got {t.loss_type!r}")
+    if not (0.0 <= t.loss_alpha <= 1.0):
+        p.append(f"loss_alpha: must be in [0, 1], got {t.loss_alpha}")
+    if not t.huber_delta > 0:
+        p.append(f"huber_delta: must be > 0, got {t.huber_delta}")
+    if not (0.0 < t.plateau_factor < 1.0):
+        p.append(f"plateau_factor: must be in (0, 1), got {t.plateau_factor}")
+    if not (0.0 < t.val_fraction < 1.0):
+        p.append(f"val_fraction: must be in (0, 1), got {t.val_fraction}")
+    return p
+
+
+def build_config(values: dict[str, Any], preset: str = "custom") -> Config:
+    """A validated Config from a flat mapping; every unknown key and bad value is reported."""
+    problems: list[str] = []
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    for key, value in values.items():
+        section = KEY_SECTION.get(key)
+        if section is None:
+            problems.append(f"unknown key {key!r}")
+            continue
+        hints = typing.get_type_hints(_SECTIONS[section])
+        try:
+            per_section[section][key] = _coerce(key, value, hints[key])
+        except ValueError as e:
+            problems.append(str(e))
+    cfg = Config(
+        data=DataConfig(**per_section["data"]),
+        model=ModelConfig(**per_section["model"]),
+        train=TrainConfig(**per_section["train"]),
+        preset=preset,
+    )
+    problems += validate(cfg)
+    if problems:
+        raise ConfigError(_listing(preset, problems))
+    return cfg
+
+
+def _listing(preset: str, problems: list[str]) -> str:
+    head = f"invalid configuration ({preset}): {len(problems)} problem(s)"
+    return "\n  - ".join([head, *problems])
+
+
+def load_config(preset: str = "tuned", overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Preset (name or YAML path) plus overrides -> validated Config."""
+    values = read_preset(preset)
+    extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
+    values.update(extra)
+    name = Path(preset).stem if preset.endswith((".yaml", ".yml")) else preset
+    return build_config(values, preset=name)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a Config from `Config.flat()` output plus `preset` (e.g. from a checkpoint)."""
+    values = dict(values)
+    preset = str(values.pop("preset", "custom"))
+    return build_config(values, preset=preset)
+
+
+def replace(cfg: Config, **changes: Any) -> Config:
+    """A copy of `cfg` with flat keys changed, re-validated."""
+    values = cfg.flat()
+    values.update(changes)
+    return build_config(values, preset=cfg.preset)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "tuned") -> None:
+    """--preset / --set, shared by every command that takes a config."""
+    parser.add_argument(
+        "--preset", default=default_preset, help=f"preset name or YAML path (default {default_preset})"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config key (repeatable), e.g. --set learning_rate=3e-4",
+    )
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    return load_config(args.preset, args.overrides)
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("config", help="print the resolved configuration as JSON")
+    add_config_args(p)
+    p.set_defaults(func=lambda args: print(config_from_args(args).to_json()))
+
+
+__all__ = [
+    "Config",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "load_config",
+    "build_config",
+    "config_from_dict",
+    "replace",
+]
