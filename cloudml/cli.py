@@ -16,6 +16,9 @@ from cloudml.errors import CloudMLError
 
 COMMAND_MODULES = [
     "cloudml.config",
+    "cloudml.data.synth",
+    "cloudml.storage",
+    "cloudml.data.ingest",
 ]
 
 

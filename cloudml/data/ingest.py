@@ -1,0 +1,246 @@
+"""Ingest one flight: raw IRAI/CPL/nav files -> one processed shard (DESIGN §2-§3).
+
+    cloudml ingest --raw data/raw --flight 30Oct24 --out build/shards/30Oct24.h5 --scale local
+
+All three files are checked against the raw layout before any pixel is read. Profiles are
+filtered and matched (cloudml.data.timesync), the frames that some sample window uses are
+preprocessed exactly once (cloudml.data.preprocess), and the shard is written atomically:
+on any error nothing (not even a temp file) is left at the output path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cloudml import __version__
+from cloudml.config import Config, add_config_args, config_from_args, replace
+from cloudml.data import layout, preprocess, raw, timesync
+from cloudml.data.shard import Shard, write_shard
+from cloudml.errors import DataError
+from cloudml.fileio import sha256_file
+from cloudml.flights import flight_paths, get_flight
+
+log = logging.getLogger(__name__)
+
+
+def resolve_files(raw_dir: Path, flight: str) -> tuple[Path, Path, Path]:
+    """(IRAI, CPL, nav) paths under raw_dir/<flight>/.
+
+    The campaign file name is used when present; otherwise exactly one file in the flight
+    folder with the same instrument prefix (a re-processed CPL granule carries a new
+    version string) is accepted with a warning. Anything else is a DataError naming the
+    missing path.
+    """
+    f = get_flight(flight)  # ConfigError for an unknown flight
+    canonical = flight_paths(raw_dir, flight)
+    prefixes = (f"{f.campaign}_IRAI_L1B_", "CPL_L2_", f"CRS_{f.date}")
+    out: list[Path] = []
+    for path, prefix in zip(canonical, prefixes, strict=True):
+        if path.is_file():
+            out.append(path)
+            continue
+        alike = sorted(path.parent.glob(f"{prefix}*")) if path.parent.is_dir() else []
+        if len(alike) != 1:
+            found = f" (found {[p.name for p in alike]})" if alike else ""
+            raise DataError(f"{path}: missing raw file for flight {flight}{found}")
+        log.warning("%s: not found, using %s", path, alike[0].name)
+        out.append(alike[0])
+    return out[0], out[1], out[2]
+
+
+def preprocessing_settings(cfg: Config, factor: int, rows: tuple[int, int]) -> dict[str, Any]:
+    """The settings that determine a shard's frames and samples (stored with the shard)."""
+    d = cfg.data
+    return {
+        "temporal_frames": d.temporal_frames,
+        "swath_slice": list(d.swath_slice),
+        "swath_rows": list(rows),
+        "flat_field_correction": d.flat_field_correction,
+        "clahe_clip_limit": d.clahe_clip_limit,
+        "zscore_normalize": d.zscore_normalize,
+        "filter_type": d.filter_type,
+        "cbh_range_km": list(d.cbh_range_km),
+        "max_dt_s": timesync.MAX_DT_S,
+        "scale": d.scale,
+        "bin_factor": factor,
+    }
+
+
+def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> dict:
+    """Write the processed shard of `flight` to `out_path` atomically; return its summary."""
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+    clock = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock[0]
+        clock[0] = now
+
+    d = cfg.data
+    irai_p, cpl_p, nav_p = resolve_files(Path(raw_dir), flight)
+    # layout of all three files first, before any pixel is read
+    info = raw.check_irai(irai_p)
+    cpl = raw.read_cpl(cpl_p)
+    nav = raw.read_nav(nav_p, info.n_frames)
+    lap("check")
+
+    factor = preprocess.bin_factor(info.cols, d.scale)
+    try:
+        rows = preprocess.swath_rows(info.rows // factor, d.swath_slice)
+    except DataError as e:
+        raise DataError(f"{irai_p}: {layout.IRAI_SIGNAL}: {e}") from None
+
+    def match(bad: np.ndarray | None) -> timesync.MatchResult:
+        return timesync.match_profiles(
+            cpl.time_utc, cpl.base_km, cpl.lidar_surface_m, cpl.dem_surface_m,
+            info.time_utc, d.cbh_range_km, d.temporal_frames, bad_frame=bad,
+        )  # fmt: skip
+
+    # candidate frames: every window that survives all rules but bad_frame (unknown yet)
+    candidates = np.unique(match(None).window)  # (K,) sorted frame indices
+    lap("match")
+
+    # one pass over the images: bad flags, flat-field reference, candidate frames kept
+    h, w = rows[1] - rows[0], info.cols // factor
+    store = np.empty((len(candidates), h, w), np.float32)  # (K, H, W) binned + sliced
+    bad = np.zeros(info.n_frames, bool)
+    ref_sum, ref_n = np.zeros((h, w), np.float64), 0
+    for start, blk, b in raw.iter_irai(info):
+        stop = start + len(blk)
+        bad[start:stop] = b
+        sel = np.arange(start, stop)
+        need = np.isin(sel, candidates)
+        take_ref = np.zeros(len(blk), bool)
+        if d.flat_field_correction and ref_n < preprocess.FLAT_FIELD_FRAMES:
+            good_idx = np.flatnonzero(~b)[: preprocess.FLAT_FIELD_FRAMES - ref_n]
+            take_ref[good_idx] = True
+        want = need | take_ref
+        if not want.any():
+            continue
+        frames = preprocess.bin_and_slice(blk[want], factor, rows)  # (k, H, W) = sel[want]
+        if take_ref.any():
+            ref_sum += frames[take_ref[want]].sum(axis=0, dtype=np.float64)
+            ref_n += int(take_ref.sum())
+        if need.any():
+            store[np.searchsorted(candidates, sel[need])] = frames[need[want]]
+    lap("read")
+
+    m = match(bad)
+    n_bad = int(bad.sum())
+    if m.n_samples == 0:
+        counts = ", ".join(f"{k}={v}" for k, v in m.dropped.items() if v)
+        raise DataError(
+            f"flight {flight}: no matched samples from {len(cpl.time_utc)} CPL profiles in "
+            f"{cpl_p} against {info.n_frames} frames of {irai_p} (dropped: {counts or 'none'})"
+        )
+    used = np.unique(m.window)  # (F,) frames some window needs, each processed once
+    table = store[np.searchsorted(candidates, used)]  # (F, H, W)
+    del store
+    frame_index = np.searchsorted(used, m.window)  # (n, T) rows of table
+    lap("match")
+
+    if d.flat_field_correction:
+        if ref_n == 0:
+            raise DataError(f"{irai_p}: {layout.IRAI_SIGNAL}: no good frame for the flat field")
+        try:
+            flat = preprocess.fit_flat(ref_sum / ref_n)
+        except DataError as e:
+            raise DataError(f"{irai_p}: {layout.IRAI_SIGNAL}: {e}") from None
+        preprocess.apply_flat(table, flat)
+    lap("flat_field")
+    preprocess.normalize_frames(
+        table, d.clahe_clip_limit, d.zscore_normalize, progress=len(table) >= 200
+    )
+    lap("clahe")
+
+    sha = {p.name: sha256_file(p) for p in (irai_p, cpl_p, nav_p)}
+    lap("hash")
+    pi, fi = m.profile_idx, m.frame_idx
+    summary: dict[str, Any] = {
+        "flight": flight,
+        "n_samples": m.n_samples,
+        "n_frames": int(len(used)),
+        "n_raw_frames": info.n_frames,
+        "n_profiles": int(len(cpl.time_utc)),
+        "n_bad_frames": n_bad,
+        "dropped": m.dropped,
+        "dt_abs_s": m.dt_abs_s,
+        "nav_filled": {"sza": nav.n_sza_filled, "saa": nav.n_saa_filled},
+        "scale": d.scale,
+        "bin_factor": factor,
+        "frame_shape": [h, w],
+        "raw_frame_shape": [info.rows, info.cols],
+        "cloudml_version": __version__,
+    }
+    shard = Shard(
+        flight=flight,
+        frame_table=table,
+        frame_index=frame_index,
+        cbh_km=cpl.base_km[pi],
+        sza_deg=nav.sza_deg[fi],
+        saa_deg=nav.saa_deg[fi],
+        time_utc=cpl.time_utc[pi],
+        dt_match_s=m.dt_s,
+        config=preprocessing_settings(cfg, factor, rows),
+        # stored before the write, so its timings stop at "hash"
+        summary={**summary, "seconds": time.perf_counter() - t_start, "timings_s": dict(timings)},
+        raw_sha256=sha,
+    )
+    write_shard(out_path, shard)
+    lap("write")
+    summary.update(
+        seconds=time.perf_counter() - t_start,
+        timings_s={k: round(v, 4) for k, v in timings.items()},
+        out_path=str(out_path),
+        raw_sha256=sha,
+    )
+    log.info("ingest %s: %d samples, %d frames -> %s", flight, m.n_samples, len(used), out_path)
+    return summary
+
+
+def format_summary(s: dict) -> str:
+    """One screen: samples, drops by reason, |dt| percentiles, time, output."""
+    dt = s["dt_abs_s"]
+    lines = [
+        f"flight {s['flight']}: {s['n_samples']} samples from {s['n_profiles']} CPL profiles, "
+        f"{s['n_frames']} of {s['n_raw_frames']} frames used ({s['n_bad_frames']} bad), "
+        f"frame {s['frame_shape'][0]}x{s['frame_shape'][1]} (scale {s['scale']}, bin {s['bin_factor']})",
+        "dropped: " + ", ".join(f"{k}={v}" for k, v in s["dropped"].items()),
+        f"|dt| s: p50={dt['p50']:.3f} p95={dt['p95']:.3f} max={dt['max']:.3f}",
+        "seconds: "
+        + f"{s['seconds']:.2f} ("
+        + ", ".join(f"{k} {v:.2f}" for k, v in s["timings_s"].items())
+        + ")",
+        f"wrote {s['out_path']}",
+    ]
+    return "\n".join(lines)
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    if args.scale:
+        cfg = replace(cfg, scale=args.scale)
+    summary = ingest_flight(Path(args.raw), args.flight, Path(args.out), cfg)
+    print(format_summary(summary))
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    return 0
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ingest", help="raw flight files -> processed shard (one flight)")
+    p.add_argument("--raw", required=True, help="raw directory holding <flight>/ folders")
+    p.add_argument("--flight", required=True, help="flight name, e.g. 30Oct24")
+    p.add_argument("--out", required=True, help="output shard path (.h5)")
+    p.add_argument("--scale", choices=("local", "full"), help="override the config's scale")
+    p.add_argument("--json", action="store_true", help="also print the full summary as JSON")
+    add_config_args(p)
+    p.set_defaults(func=_run)
