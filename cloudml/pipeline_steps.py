@@ -1,0 +1,251 @@
+"""Glue between KFP component bodies and the stage functions.
+
+Each KFP component (components/*.py) calls exactly one function here with its parameters
+and artifact paths; this module turns those into the stage API's types (Config, shard dict,
+checkpoint paths) and writes the extra files the pipeline needs (ingest summary JSON,
+report, stage timings). Nothing here knows about KFP, so every function also runs from a
+plain Python shell or a test.
+
+Artifact layouts (each artifact is a directory):
+    shard (Dataset):      <flight>.h5, <flight>.summary.json
+    pretrained/finetuned (Model): model.pt, last.pt, history.json, summary.json
+    evaluation (Dataset): metrics.json, predictions.csv, *.png, report.html, model_card.md,
+                          stages.json, gate.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import tempfile
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cloudml.config import Config, build_config, config_from_dict
+from cloudml.errors import DataError, StorageError
+from cloudml.fileio import atomic_path
+from cloudml.gate import gate_verdict
+
+log = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("s3://", "minio://")
+
+
+# --- config ----------------------------------------------------------------------------
+def resolve_config_json(preset: str, values: dict[str, Any]) -> str:
+    """Validate the pipeline's parameter values as one Config (every problem listed) -> JSON."""
+    return build_config(dict(values), preset=preset).to_json()
+
+
+def config_from_json(text: str) -> Config:
+    return config_from_dict(json.loads(text))
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+# --- ingest ----------------------------------------------------------------------------
+def _local_raw_dir(raw_uri: str, flight: str, scratch: Path) -> Path:
+    """A local directory holding raw/<flight>/ (downloaded from the store when remote)."""
+    if raw_uri.startswith(REMOTE_SCHEMES):
+        from cloudml import storage  # only remote runs need the S3 client
+
+        store = storage.open_store(raw_uri)
+        storage.fetch_raw_flight(store, flight, scratch / flight)
+        return scratch
+    raw_dir = Path(raw_uri.removeprefix("file://"))
+    if not (raw_dir / flight).is_dir():
+        raise DataError(f"{raw_dir / flight}: raw flight directory does not exist (raw_uri={raw_uri})")
+    return raw_dir
+
+
+def run_ingest(raw_uri: str, flight: str, config_json: str, out_dir: Path) -> dict[str, Any]:
+    """Ingest one flight into out_dir/<flight>.h5 plus its summary JSON; returns the summary."""
+    from cloudml.data.ingest import ingest_flight
+
+    cfg = config_from_json(config_json)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"raw-{flight}-") as scratch:
+        raw_dir = _local_raw_dir(raw_uri, flight, Path(scratch))
+        summary = ingest_flight(raw_dir, flight, out_dir / f"{flight}.h5", cfg)
+    _write_json(out_dir / f"{flight}.summary.json", summary)
+    return summary
+
+
+def collect_shards(dirs: Iterable[str | Path]) -> dict[str, Path]:
+    """{flight: shard path} from the ingest artifact directories (ParallelFor's Collected)."""
+    shards: dict[str, Path] = {}
+    for d in dirs:
+        found = sorted(Path(d).glob("*.h5"))
+        if not found:
+            raise DataError(f"{d}: ingest artifact holds no <flight>.h5 shard")
+        for path in found:
+            if path.stem in shards:
+                raise DataError(f"flight {path.stem} ingested twice: {shards[path.stem]} and {path}")
+            shards[path.stem] = path
+    return shards
+
+
+def ingest_summaries(dirs: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
+    """{flight: ingest summary} from the ingest artifact directories."""
+    out = {}
+    for d in dirs:
+        for path in sorted(Path(d).glob("*.summary.json")):
+            out[path.name.removesuffix(".summary.json")] = json.loads(path.read_text())
+    return out
+
+
+# --- training --------------------------------------------------------------------------
+def _epoch_logger(stage: str, pipeline: str):
+    """on_epoch callback: a log line per epoch, and the Pushgateway when telemetry exists."""
+    telemetry = None
+    try:
+        from cloudml.telemetry import Telemetry
+
+        telemetry = Telemetry(pipeline, stage)
+    except ImportError:
+        pass
+
+    def on_epoch(rec: dict[str, Any]) -> None:
+        log.info(
+            "%s epoch %s: train_loss %.4f val_loss %.4f val_r2 %.4f lr %.2e",
+            stage,
+            rec.get("epoch"),
+            rec.get("train_loss", float("nan")),
+            rec.get("val_loss", float("nan")),
+            rec.get("val_r2", float("nan")),
+            rec.get("lr", float("nan")),
+        )
+        if telemetry is not None:
+            telemetry.epoch(rec)
+
+    return on_epoch
+
+
+def run_pretrain(shard_dirs: list[str], config_json: str, out_dir: Path) -> dict[str, Any]:
+    """Pretrain on cfg.data.pretrain_flight's shard; checkpoints into out_dir."""
+    from cloudml.train import pretrain
+
+    cfg = config_from_json(config_json)
+    return pretrain(
+        collect_shards(shard_dirs), cfg, Path(out_dir), on_epoch=_epoch_logger("pretrain", cfg.preset)
+    )
+
+
+def run_finetune(
+    shard_dirs: list[str], config_json: str, pretrained_dir: Path, out_dir: Path
+) -> dict[str, Any]:
+    """Fine-tune from pretrained_dir/model.pt on every flight but the validation flight."""
+    from cloudml.train import finetune
+
+    cfg = config_from_json(config_json)
+    ckpt = Path(pretrained_dir) / "model.pt"
+    if not ckpt.is_file():
+        raise StorageError(f"{ckpt}: pretrained checkpoint missing (expected pretrain's model.pt)")
+    return finetune(
+        collect_shards(shard_dirs),
+        cfg,
+        ckpt,
+        Path(out_dir),
+        on_epoch=_epoch_logger("finetune", cfg.preset),
+    )
+
+
+# --- evaluation + report ---------------------------------------------------------------
+def data_source(summaries: dict[str, dict[str, Any]]) -> str:
+    """'synthetic campaign' or 'real flights' as the ingest summaries record it."""
+    flags = set()
+    for s in summaries.values():
+        src = s.get("data_source") or s.get("source")
+        if src is None and "synthetic" in s:
+            src = "synthetic campaign" if s["synthetic"] else "real flights"
+        if src is not None:
+            flags.add(str(src))
+    if not flags:
+        return "not recorded in the shards"
+    return " + ".join(sorted(flags))
+
+
+def stage_seconds(
+    summaries: dict[str, dict[str, Any]], pretrain_dir: Path, finetune_dir: Path
+) -> dict[str, float]:
+    """Seconds per stage from the ingest summaries and the training summaries."""
+    out: dict[str, float] = {}
+    if summaries:
+        out["ingest"] = float(sum(float(s.get("seconds", 0.0)) for s in summaries.values()))
+    for stage, d in (("pretrain", pretrain_dir), ("finetune", finetune_dir)):
+        p = Path(d) / "summary.json"
+        if p.is_file():
+            out[stage] = float(json.loads(p.read_text()).get("seconds", 0.0))
+    return out
+
+
+def run_evaluate(
+    shard_dirs: list[str],
+    config_json: str,
+    pretrained_dir: Path,
+    finetuned_dir: Path,
+    out_dir: Path,
+    threshold: float,
+    min_std_ratio: float,
+    report_path: Path | None = None,
+    card_path: Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate on the validation flight, then write the report and model card into out_dir
+    (and copies at report_path / card_path: the KFP HTML and Markdown artifacts).
+
+    Returns the metrics plus `gate` (the verdict the gate task will enforce). The report
+    shows that verdict, so a failed run still has its report.
+    """
+    from cloudml.evaluate import evaluate
+    from cloudml.report import load_plots, write_report
+
+    t0 = time.perf_counter()
+    cfg = config_from_json(config_json)
+    out_dir = Path(out_dir)
+    shards = collect_shards(shard_dirs)
+    val = cfg.data.validation_flight
+    if val not in shards:
+        raise DataError(f"validation flight {val} was not ingested (have: {sorted(shards)})")
+    histories = {
+        "pretrain": Path(pretrained_dir) / "history.json",
+        "finetune": Path(finetuned_dir) / "history.json",
+    }
+    metrics = evaluate(shards[val], Path(finetuned_dir) / "model.pt", cfg, out_dir, histories)
+    verdict = gate_verdict(
+        float(metrics["r2"]), float(metrics["std_ratio"]), threshold, min_std_ratio, val
+    )
+    summaries = ingest_summaries(shard_dirs)
+    stages = stage_seconds(summaries, Path(pretrained_dir), Path(finetuned_dir))
+    stages["evaluate"] = time.perf_counter() - t0
+    ctx = {
+        "pipeline": cfg.preset,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "metrics": metrics,
+        "gate": verdict.as_dict(),
+        "config": json.loads(cfg.to_json()),
+        "data": summaries,
+        "data_source": data_source(summaries),
+        "plots": load_plots(out_dir),
+        "stages": stages,
+    }
+    html_path, md_path = write_report(out_dir, ctx)
+    if report_path is not None:
+        copy_file(html_path, Path(report_path))
+    if card_path is not None:
+        copy_file(md_path, Path(card_path))
+    _write_json(out_dir / "stages.json", stages)
+    _write_json(out_dir / "gate.json", verdict.as_dict())
+    return {**metrics, "gate": verdict.as_dict()}
+
+
+def copy_file(src: Path, dest: Path) -> None:
+    """Copy src onto dest atomically (artifact outputs that mirror a file of a directory)."""
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)

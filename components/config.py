@@ -1,0 +1,59 @@
+"""resolve-config: the pipeline's parameters -> one validated Config as JSON.
+
+Every stage takes that JSON, so the UI-edited values are checked once, up front, with every
+problem listed. The parameter list mirrors cloudml.config (tests/test_pipeline_compile.py
+fails, naming the key, when a config key is missing here).
+"""
+
+from kfp import dsl
+
+from cloudml.platform import cpu_image
+
+
+@dsl.component(base_image=cpu_image(), install_kfp_package=False)
+def resolve_config(
+    preset: str,
+    temporal_frames: int,
+    swath_slice: list,
+    flat_field_correction: bool,
+    clahe_clip_limit: float,
+    zscore_normalize: bool,
+    augment: bool,
+    filter_type: str,
+    pretrain_flight: str,
+    overweight_flight: str,
+    validation_flight: str,
+    flights: list,
+    scale: str,
+    memory_optimized: bool,
+    use_spatial_attention: bool,
+    use_temporal_attention: bool,
+    use_multiscale_temporal: bool,
+    attention_heads: int,
+    gradient_checkpointing: bool,
+    torch_compile: bool,
+    torch_compile_mode: str,
+    learning_rate: float,
+    warmup_steps: int,
+    weight_decay: float,
+    epochs: int,
+    batch_size: int,
+    optimizer: str,
+    scheduler: str,
+    plateau_factor: float,
+    plateau_patience: int,
+    loss_type: str,
+    loss_alpha: float,
+    huber_delta: float,
+    grad_clip: float,
+    early_stopping_patience: int,
+    early_stopping_min_delta: float,
+    overweight_factor: float,
+    val_fraction: float,
+    mixed_precision: bool,
+    seed: int,
+) -> str:
+    values = dict(locals())
+    from cloudml.pipeline_steps import resolve_config_json
+
+    return resolve_config_json(values.pop("preset"), values)

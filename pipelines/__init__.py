@@ -1,0 +1,1 @@
+"""KFP pipelines, compiled per preset (`cloudml compile --pipeline <preset>`)."""

@@ -1,0 +1,185 @@
+"""The CloudML training pipeline, compiled once per preset.
+
+    resolve-config -> ingest-<flight> (ParallelFor over `flights`) -> pretrain -> finetune
+        -> evaluate -> gate
+
+Parameters: every key of cloudml.config (defaults from the preset; the Kubeflow UI shows and
+edits each), plus raw_uri, threshold and min_std_ratio. The signature is built from
+cloudml.config, so a new config key becomes a pipeline parameter without an edit here.
+
+Placement: pretrain/finetune/evaluate request one nvidia.com/gpu and carry the GPU pool's
+node selector and toleration (cloudml.platform.gpu_pool(), CLOUDML_GPU_* env overrides at
+compile time); resolve-config, ingest and gate run on CPU with CPU/memory requests.
+Credentials reach tasks only as env from the MinIO Secret; settings from the cloudml-settings
+ConfigMap. Compile: `python pipelines/training.py tuned OUT.yaml` or `cloudml compile`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+import typing
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python pipelines/training.py`: import from the repo root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kfp import dsl, kubernetes  # noqa: E402
+
+from cloudml import platform  # noqa: E402
+from cloudml.config import _SECTIONS, load_config  # noqa: E402
+from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD  # noqa: E402
+from components.config import resolve_config  # noqa: E402
+from components.evaluate import evaluate  # noqa: E402
+from components.finetune import finetune  # noqa: E402
+from components.gate import gate  # noqa: E402
+from components.ingest import ingest  # noqa: E402
+from components.pretrain import pretrain  # noqa: E402
+
+# Non-secret settings in the cloudml-settings ConfigMap, exposed under the same env names.
+SETTINGS_KEYS = ("MINIO_ENDPOINT", "MINIO_BUCKET", "MINIO_SECURE", "CLOUDML_STORE", "PUSHGATEWAY_URL")
+DEFAULT_RAW_URI = f"s3://{platform.MINIO_BUCKET}/raw"
+EXTRA_PARAMS: dict[str, tuple[type, Any]] = {
+    "raw_uri": (str, DEFAULT_RAW_URI),  # raw/<flight>/ lives under it (s3://, or a local dir)
+    "threshold": (float, DEFAULT_THRESHOLD),  # gate: R² must be above it
+    "min_std_ratio": (float, DEFAULT_MIN_STD_RATIO),  # gate: collapse check, 0 disables
+}
+# Retries with exponential backoff: ingest and training resume from what they wrote
+# (a finished shard / last.pt), so a preempted pod picks up where it stopped.
+RETRY = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0,
+         "backoff_max_duration": "1800s"}  # fmt: skip
+CPU_TASK = {"cpu": "2", "memory": "8Gi"}
+GPU_TASK = {"cpu": "4", "memory": "32Gi"}
+SMALL_TASK = {"cpu": "500m", "memory": "512Mi"}
+
+
+def _param_type(typ: Any) -> type:
+    """Pipeline parameter type for a config field type (tuples become lists)."""
+    return typ if typ in (bool, int, float, str) else list
+
+
+def pipeline_parameters(preset: str) -> dict[str, tuple[type, Any]]:
+    """{name: (type, default)} of every pipeline parameter, defaults from the preset."""
+    flat = load_config(preset).flat()
+    params: dict[str, tuple[type, Any]] = {}
+    for cls in _SECTIONS.values():
+        for key, typ in typing.get_type_hints(cls).items():
+            params[key] = (_param_type(typ), flat[key])
+    params.update(EXTRA_PARAMS)
+    return params
+
+
+def _with_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """MinIO credentials from the Secret and settings from the ConfigMap, as env only."""
+    kubernetes.use_secret_as_env(task, platform.MINIO_SECRET_NAME, dict(platform.MINIO_SECRET_ENV))
+    kubernetes.use_config_map_as_env(
+        task, platform.SETTINGS_CONFIGMAP, {k: k for k in SETTINGS_KEYS}, optional=True
+    )
+    return task
+
+
+def _on_cpu(task: dsl.PipelineTask, res: dict[str, str]) -> dsl.PipelineTask:
+    return task.set_cpu_request(res["cpu"]).set_memory_request(res["memory"])
+
+
+def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
+    """One GPU, the GPU pool's node selector and toleration."""
+    pool = platform.gpu_pool()
+    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(pool.gpus_per_task)
+    task.set_cpu_request(GPU_TASK["cpu"]).set_memory_request(GPU_TASK["memory"])
+    kubernetes.add_node_selector(task, pool.label_key, pool.label_value)
+    kubernetes.add_toleration(
+        task, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
+    )
+    return task
+
+
+def _graph(preset: str, p: dict[str, Any]) -> None:
+    """The DAG; `p` maps parameter names to pipeline channels."""
+    config_keys = [k for k in p if k not in EXTRA_PARAMS]
+    cfg = resolve_config(preset=preset, **{k: p[k] for k in config_keys})
+    _on_cpu(cfg.set_display_name("resolve-config"), SMALL_TASK)
+    config_json = cfg.output
+
+    # Fan-out: one ingest per flight. Caching is off for ingest: its input is external data
+    # (raw_uri/<flight>/) that KFP's cache key cannot see, so a cached ingest would keep
+    # serving an old shard after the raw files change. Ingest is minutes of CPU per flight,
+    # small beside the GPU stages that follow.
+    with dsl.ParallelFor(p["flights"]) as flight:
+        ing = ingest(raw_uri=p["raw_uri"], flight=flight, config_json=config_json)
+        ing.set_display_name("ingest").set_caching_options(False).set_retry(**RETRY)
+        _with_env(_on_cpu(ing, CPU_TASK))
+
+    def shards() -> dsl.Collected:
+        # one Collected per consumer: the compiler resolves each use separately
+        return dsl.Collected(ing.outputs["shard"])
+
+    pre = pretrain(shards=shards(), config_json=config_json)
+    _with_env(_on_gpu(pre.set_display_name("pretrain").set_retry(**RETRY)))
+
+    fin = finetune(shards=shards(), config_json=config_json, pretrained=pre.outputs["model"])
+    _with_env(_on_gpu(fin.set_display_name("finetune").set_retry(**RETRY)))
+
+    ev = evaluate(
+        shards=shards(),
+        config_json=config_json,
+        pretrained=pre.outputs["model"],
+        finetuned=fin.outputs["model"],
+        threshold=p["threshold"],
+        min_std_ratio=p["min_std_ratio"],
+    )
+    _with_env(_on_gpu(ev.set_display_name("evaluate").set_retry(**RETRY)))
+
+    # No retry: a failed gate is a verdict, not a transient fault.
+    g = gate(
+        r2=ev.outputs["r2"],
+        std_ratio=ev.outputs["std_ratio"],
+        threshold=p["threshold"],
+        min_std_ratio=p["min_std_ratio"],
+        flight=p["validation_flight"],
+    )
+    _with_env(_on_cpu(g.set_display_name("gate"), SMALL_TASK))
+
+
+def pipeline_name(preset: str) -> str:
+    return f"cloudml-{preset}"
+
+
+def build_pipeline(preset: str = "tuned"):
+    """The training pipeline for `preset` as a KFP graph component (callable, compilable)."""
+    params = pipeline_parameters(preset)
+    names = list(params)
+
+    def training(*args: Any) -> None:
+        _graph(preset, dict(zip(names, args, strict=True)))
+
+    sig = [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=t)
+        for n, (t, d) in params.items()
+    ]
+    training.__signature__ = inspect.Signature(sig)  # type: ignore[attr-defined]
+    training.__annotations__ = {n: t for n, (t, _) in params.items()}
+    training.__name__ = pipeline_name(preset).replace("-", "_")
+    description = f"CloudML CBH training, preset {preset}: ingest, pretrain, finetune, evaluate, gate"
+    return dsl.pipeline(name=pipeline_name(preset), description=description)(training)
+
+
+def compile_pipeline(preset: str, out: Path) -> Path:
+    """Compile `preset`'s pipeline to YAML at `out` (written atomically)."""
+    from kfp import compiler
+
+    from cloudml.fileio import atomic_path
+
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        yaml_tmp = tmp.with_suffix(".yaml")
+        compiler.Compiler().compile(build_pipeline(preset), str(yaml_tmp))
+        yaml_tmp.replace(tmp)
+    return out
+
+
+if __name__ == "__main__":  # python pipelines/training.py [preset] [out.yaml]
+    name = sys.argv[1] if len(sys.argv) > 1 else "tuned"
+    dest = Path(sys.argv[2] if len(sys.argv) > 2 else f"build/pipelines/{name}.yaml")
+    print(compile_pipeline(name, dest))
