@@ -16,6 +16,8 @@ from cloudml.errors import CloudMLError
 
 COMMAND_MODULES = [
     "cloudml.config",
+    "cloudml.train",
+    "cloudml.evaluate",
     "cloudml.data.synth",
     "cloudml.storage",
     "cloudml.data.ingest",

@@ -1,0 +1,209 @@
+"""The research network (DESIGN §5): per-frame CNN with spatial attention and FiLM from the
+sun geometry, temporal attention across frames, a small regression head. No I/O here.
+
+    net = CBHNet(cfg.model, temporal_frames=5)
+    y = net(frames, scalars)  # (B, T, H, W), (B, N_SCALARS) -> (B,) standardised CBH
+
+Scalars per sample (built by `encode_scalars`): standardised SZA, sin(SAA), cos(SAA).
+SAA is an angle: fed linearly, 359 deg and 1 deg would sit at opposite ends of the input
+range although the sun is in the same place; sin/cos are continuous, already unit-scale, and
+the mirror augmentation (SAA -> 360 - SAA) becomes an exact sign flip of sin(SAA).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from cloudml.config import ModelConfig
+from cloudml.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+N_SCALARS = 3  # z(SZA), sin(SAA), cos(SAA)
+# Below this many pixels per frame the activations of a batch are a few MB: recomputing
+# them (gradient checkpointing) only costs time. Measured in bench/train_bench.py.
+CHECKPOINT_MIN_PIXELS = 128 * 128
+
+
+def channel_widths(cfg: ModelConfig) -> tuple[int, int, int]:
+    """Conv block widths: 64/128/256, or 32/64/128 when memory_optimized."""
+    return (32, 64, 128) if cfg.memory_optimized else (64, 128, 256)
+
+
+def head_widths(cfg: ModelConfig) -> tuple[int, int]:
+    """Dense head widths: 256 -> 128, or 128 -> 64 when memory_optimized."""
+    return (128, 64) if cfg.memory_optimized else (256, 128)
+
+
+def encode_scalars(
+    sza_deg: torch.Tensor, saa_deg: torch.Tensor, sza_mean: float, sza_std: float
+) -> torch.Tensor:
+    """(B,), (B,) degrees -> (B, 3): [z(SZA), sin(SAA), cos(SAA)] (see module docstring)."""
+    saa = torch.deg2rad(saa_deg)
+    return torch.stack([(sza_deg - sza_mean) / sza_std, torch.sin(saa), torch.cos(saa)], dim=1)
+
+
+class SpatialAttention(nn.Module):
+    """conv3x3 -> ReLU -> conv1x1 -> sigmoid, multiplied into the frame."""
+
+    def __init__(self, hidden: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, hidden, 3, padding=1)
+        self.conv2 = nn.Conv2d(hidden, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 1, H, W)
+        return x * torch.sigmoid(self.conv2(F.relu(self.conv1(x))))
+
+
+class ConvBlock(nn.Module):
+    """3x3 conv, BatchNorm, [FiLM], LeakyReLU(0.01), 2x2 max-pool, dropout 0.25."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(c_out)
+        self.drop = nn.Dropout(0.25)
+
+    def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        x = self.bn(self.conv(x))  # (N, C, H, W)
+        if film is not None:  # (N, 2C): per-frame scale and shift from the sun geometry
+            gamma, beta = film.chunk(2, dim=1)
+            x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+        return self.drop(F.max_pool2d(F.leaky_relu(x, 0.01), 2))
+
+
+class FrameEncoder(nn.Module):
+    """One frame + its scalars -> a feature vector: (N, 1, H, W), (N, S) -> (N, C3)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        c1, c2, c3 = channel_widths(cfg)
+        self.attn = SpatialAttention() if cfg.use_spatial_attention else None
+        self.film = nn.Sequential(nn.Linear(N_SCALARS, 64), nn.ReLU(), nn.Linear(64, 2 * c1))
+        # FiLM starts as the identity (gamma = beta = 0) so the conv path trains undisturbed
+        nn.init.zeros_(self.film[2].weight)
+        nn.init.zeros_(self.film[2].bias)
+        self.blocks = nn.ModuleList([ConvBlock(1, c1), ConvBlock(c1, c2), ConvBlock(c2, c3)])
+
+    def forward(self, x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        if self.attn is not None:
+            x = self.attn(x)
+        x = self.blocks[0](x, self.film(scalars))
+        x = self.blocks[2](self.blocks[1](x))  # (N, C3, H/8, W/8)
+        return x.mean(dim=(2, 3))  # global average pool -> (N, C3)
+
+
+class TemporalAttention(nn.Module):
+    """MLP score per frame, softmax over frames, weighted sum: (B, T, C) -> (B, C)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(c, c // 4), nn.Tanh(), nn.Linear(c // 4, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = torch.softmax(self.score(x), dim=1)  # (B, T, 1)
+        return (w * x).sum(dim=1)
+
+
+class MultiScaleTemporal(nn.Module):
+    """1/2/3-frame convolutions over time; their outputs (T + T-1 + T-2 tokens of width C)
+    are concatenated as one token sequence, self-attended, mean-pooled and projected back."""
+
+    def __init__(self, c: int, heads: int, n_frames: int):
+        super().__init__()
+        self.kernels = [k for k in (1, 2, 3) if k <= n_frames]
+        self.convs = nn.ModuleList(nn.Conv1d(c, c, k) for k in self.kernels)
+        self.mha = nn.MultiheadAttention(c, heads, batch_first=True)
+        self.proj = nn.Linear(c, c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, C)
+        xc = x.transpose(1, 2)  # (B, C, T)
+        tokens = torch.cat([conv(xc) for conv in self.convs], dim=2).transpose(1, 2)  # (B, L, C)
+        att, _ = self.mha(tokens, tokens, tokens, need_weights=False)
+        return self.proj(att.mean(dim=1))  # (B, C)
+
+
+class CBHNet(nn.Module):
+    """(B, T, H, W) frames + (B, N_SCALARS) -> (B,) standardised cloud-base height."""
+
+    def __init__(self, cfg: ModelConfig, temporal_frames: int):
+        super().__init__()
+        if temporal_frames < 1:
+            raise ConfigError(f"temporal_frames: must be >= 1, got {temporal_frames}")
+        self.cfg = cfg
+        self.temporal_frames = temporal_frames
+        c3 = channel_widths(cfg)[2]
+        d1, d2 = head_widths(cfg)
+        self.encoder = FrameEncoder(cfg)
+        if not cfg.use_temporal_attention:
+            self.temporal: nn.Module | None = None  # mean over frames
+        elif cfg.use_multiscale_temporal:
+            self.temporal = MultiScaleTemporal(c3, cfg.attention_heads, temporal_frames)
+        else:
+            self.temporal = TemporalAttention(c3)
+        self.head = nn.Sequential(
+            nn.Linear(c3, d1), nn.BatchNorm1d(d1), nn.LeakyReLU(0.01), nn.Dropout(0.5),
+            nn.Linear(d1, d2), nn.BatchNorm1d(d2), nn.LeakyReLU(0.01), nn.Dropout(0.3),
+            nn.Linear(d2, 1),
+        )  # fmt: skip
+        self.use_checkpoint = False  # set by `configure_checkpointing`
+
+    def forward(self, frames: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        b, t, h, w = frames.shape
+        # every frame of the batch in one call: (B*T, 1, H, W); scalars repeated per frame
+        x = frames.reshape(b * t, 1, h, w).contiguous(memory_format=torch.channels_last)
+        s = scalars.repeat_interleave(t, dim=0)  # (B*T, S)
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            feats = checkpoint(self.encoder, x, s, use_reentrant=False)
+        else:
+            feats = self.encoder(x, s)  # (B*T, C3)
+        feats = feats.reshape(b, t, -1)  # (B, T, C3)
+        z = feats.mean(dim=1) if self.temporal is None else self.temporal(feats)  # (B, C3)
+        return self.head(z).squeeze(1)  # (B,)
+
+
+def configure_checkpointing(net: CBHNet, frame_shape: tuple[int, int]) -> bool:
+    """Honour gradient_checkpointing only where it saves memory worth having (big frames).
+
+    At local scale (~28x40) a batch's activations are a few MB and recomputing them costs
+    ~30% of the step time (bench/train_bench.py), so it is skipped with one log line.
+    """
+    want = net.cfg.gradient_checkpointing
+    pixels = frame_shape[0] * frame_shape[1]
+    net.use_checkpoint = want and pixels >= CHECKPOINT_MIN_PIXELS
+    if want and not net.use_checkpoint:
+        log.info(
+            "gradient_checkpointing skipped: %dx%d frames (< %d px) hold a few MB of "
+            "activations; recomputing them would only slow the step",
+            *frame_shape, CHECKPOINT_MIN_PIXELS,
+        )  # fmt: skip
+    return net.use_checkpoint
+
+
+def maybe_compile(net: CBHNet, device: torch.device) -> nn.Module:
+    """torch.compile as configured on CUDA; on CPU it is skipped with the measured reason."""
+    if not net.cfg.torch_compile:
+        return net
+    if device.type != "cuda":
+        log.info(
+            "torch_compile skipped on CPU: compiling takes longer than it saves on a "
+            "local-scale run (see docs in bench/train_bench.py --compile)"
+        )
+        return net
+    return torch.compile(net, mode=net.cfg.torch_compile_mode)
+
+
+def count_parameters(net: nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def feature_size(cfg: ModelConfig) -> int:
+    return channel_widths(cfg)[2]
+
+
+__all__ = ["CBHNet", "N_SCALARS", "encode_scalars", "configure_checkpointing", "maybe_compile"]

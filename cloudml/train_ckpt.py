@@ -1,0 +1,70 @@
+"""Self-describing checkpoints (nanoGPT style): weights plus the model config, training
+config, stage, step and scalers, so a checkpoint alone rebuilds its network.
+
+Only tensors, dicts, lists, numbers and strings are stored, and every load uses
+torch.load(weights_only=True): a checkpoint cannot execute code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cloudml.config import ModelConfig
+from cloudml.errors import ConfigError, DataError
+from cloudml.fileio import atomic_path
+from cloudml.model import CBHNet
+
+
+def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
+    """Write atomically: a kill mid-save leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: checkpoint does not exist")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle/zip errors have many types
+        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+    for key in ("model", "model_config", "temporal_frames", "scalers", "stage"):
+        if key not in ck:
+            raise DataError(f"{path}: checkpoint has no {key!r} entry")
+    return ck
+
+
+def load_weights(net: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:
+    """Strict load; a different architecture raises ConfigError naming the mismatched keys."""
+    own = net.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shape = sorted(
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state)
+        if state[k].shape != own[k].shape
+    )
+    if missing or unexpected or shape:
+        parts = [
+            f"{label}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shape))
+            if keys
+        ]
+        raise ConfigError(f"{where}: weights do not fit this architecture ({'; '.join(parts)})")
+    net.load_state_dict(state)
+
+
+def model_from_checkpoint(ck: dict[str, Any], where: str | Path) -> CBHNet:
+    """The network described by a checkpoint, with its weights, in eval mode."""
+    try:
+        mcfg = ModelConfig(**ck["model_config"])
+    except TypeError as e:
+        raise ConfigError(f"{where}: model_config does not match ModelConfig ({e})") from None
+    net = CBHNet(mcfg, int(ck["temporal_frames"]))
+    load_weights(net, ck["model"], where)
+    return net.eval()

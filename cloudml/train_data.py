@@ -1,0 +1,192 @@
+"""Training data in memory: flights' frame tables as one tensor, windows gathered per batch,
+time-ordered splits, scalers fitted on training samples, float-space augmentation.
+
+Nothing here reads HDF5 per sample: `load_pool` reads each shard once, and a batch is one
+fancy-index `frames[index[batch]]` (B, T, H, W).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+
+from cloudml.data.shard import read_shard
+from cloudml.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pool:
+    """Samples of one or more flights; frame tables concatenated once, indices offset."""
+
+    flights: list[str]
+    frames: torch.Tensor  # (F, H, W) float32, every flight's frame table back to back
+    index: torch.Tensor  # (n, T) int64 rows of `frames` per sample
+    cbh_km: np.ndarray  # (n,)
+    sza_deg: np.ndarray  # (n,)
+    saa_deg: np.ndarray  # (n,)
+    time_utc: np.ndarray  # (n,)
+    flight_code: np.ndarray  # (n,) position in `flights`
+    local_idx: np.ndarray  # (n,) sample number inside its own shard
+
+    def __len__(self) -> int:
+        return int(self.index.shape[0])
+
+    @property
+    def frame_shape(self) -> tuple[int, int]:
+        return (int(self.frames.shape[1]), int(self.frames.shape[2]))
+
+    @property
+    def temporal_frames(self) -> int:
+        return int(self.index.shape[1])
+
+    def sample_ids(self, idx: np.ndarray) -> list[tuple[str, int]]:
+        """(flight, index in its shard) of each sample: the identity tests track."""
+        return [(self.flights[self.flight_code[i]], int(self.local_idx[i])) for i in idx]
+
+    def of_flight(self, flight: str) -> np.ndarray:
+        return np.flatnonzero(self.flight_code == self.flights.index(flight))
+
+
+def shard_flight(path: Path) -> str:
+    """The flight a shard holds, read from its attributes (no array is loaded)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return str(f.attrs["flight"])
+    except (OSError, KeyError) as e:
+        raise DataError(f"{path}: not a shard with a 'flight' attribute ({e})") from None
+
+
+def load_pool(shards: dict[str, Path], flights: list[str], temporal_frames: int) -> Pool:
+    """Read the shards of `flights` once into a Pool; checks flight names and window length."""
+    parts, offset = [], 0
+    for code, name in enumerate(flights):
+        if name not in shards:
+            raise DataError(f"no shard given for flight {name} (got: {', '.join(sorted(shards))})")
+        path = Path(shards[name])
+        s = read_shard(path)
+        if s.flight != name:
+            raise DataError(f"{path}: holds flight {s.flight!r}, expected {name!r}")
+        if s.temporal_frames != temporal_frames:
+            raise DataError(
+                f"{path}: frame_index has {s.temporal_frames} frames per sample, "
+                f"config temporal_frames is {temporal_frames}"
+            )
+        if parts and s.frame_shape != tuple(parts[0][0].shape[1:]):
+            raise DataError(
+                f"{path}: frames are {s.frame_shape}, other shards {parts[0][0].shape[1:]}"
+            )
+        n = len(s)
+        parts.append((s.frame_table, s.frame_index + offset, s, np.full(n, code), np.arange(n)))
+        offset += s.frame_table.shape[0]
+        log.info(
+            "loaded %s: %d samples, %d frames of %dx%d",
+            path,
+            n,
+            s.frame_table.shape[0],
+            *s.frame_shape,
+        )
+    cat = np.concatenate
+    return Pool(
+        flights=list(flights),
+        frames=torch.from_numpy(cat([p[0] for p in parts]).astype(np.float32, copy=False)),
+        index=torch.from_numpy(cat([p[1] for p in parts]).astype(np.int64)),
+        cbh_km=cat([p[2].cbh_km for p in parts]).astype(np.float64),
+        sza_deg=cat([p[2].sza_deg for p in parts]).astype(np.float64),
+        saa_deg=cat([p[2].saa_deg for p in parts]).astype(np.float64),
+        time_utc=cat([p[2].time_utc for p in parts]).astype(np.float64),
+        flight_code=cat([p[3] for p in parts]).astype(np.int64),
+        local_idx=cat([p[4] for p in parts]).astype(np.int64),
+    )
+
+
+def time_split(time_utc: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Time-ordered split: (earliest 1-val_fraction, latest val_fraction) sample indices.
+
+    A random split would put near-duplicate neighbouring frames on both sides.
+    """
+    order = np.argsort(time_utc, kind="stable")
+    n_val = int(round(len(order) * val_fraction))
+    if len(order) - n_val < 2 or n_val < 1:
+        raise DataError(
+            f"{len(order)} samples cannot be split {1 - val_fraction:.2f}/{val_fraction:.2f}"
+        )
+    return order[: len(order) - n_val], order[len(order) - n_val :]
+
+
+def fit_scalers(cbh_km: np.ndarray, sza_deg: np.ndarray) -> dict[str, float]:
+    """Mean/std of target and SZA over TRAINING samples only (stored in the checkpoint).
+    SAA enters as sin/cos (unit scale), so it needs no fitted statistics."""
+    return {
+        "cbh_mean": float(np.mean(cbh_km)),
+        "cbh_std": float(max(np.std(cbh_km), 1e-6)),
+        "sza_mean": float(np.mean(sza_deg)),
+        "sza_std": float(max(np.std(sza_deg), 1e-6)),
+    }
+
+
+def epoch_order(n: int, weights: np.ndarray | None, gen: torch.Generator) -> torch.Tensor:
+    """Sample order for one epoch: a permutation, or n weighted draws with replacement."""
+    if weights is None:
+        return torch.randperm(n, generator=gen)
+    w = torch.as_tensor(weights, dtype=torch.float64)
+    return torch.multinomial(w, n, replacement=True, generator=gen)
+
+
+def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split an order into batches; a trailing batch of one is dropped (BatchNorm needs two)."""
+    out = list(order.split(batch_size))
+    if out and len(out[-1]) < 2:
+        out.pop()
+    return out
+
+
+def augment(
+    frames: torch.Tensor, saa_deg: torch.Tensor, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training-time augmentation in the normalised float space (never via 8-bit images).
+
+    frames (B, T, H, W), saa_deg (B,). Per sample, same for all T frames (the frames of a
+    window are one scene seen over time):
+    - contrast x0.8-1.2 and brightness +-0.2 (z-score units);
+    - random erasing (p=0.5) of a rectangle of 2-15% of the frame, set to 0 (the mean);
+    - mirror (p=0.5) of the cross-track axis. Rows are along-track (the swath slice acts on
+      rows), columns cross-track; nadir is the centre column, so parallax stays symmetric.
+      SAA is measured clockwise from the aircraft heading: the sun direction in (along,
+      cross-right) is (cos a, sin a); mirroring cross-track gives (cos a, -sin a), i.e.
+      azimuth -a = 360 - a. So the mirrored sample gets SAA' = (360 - SAA) mod 360.
+    """
+    b, t, h, w = frames.shape
+    dev = frames.device
+
+    def u(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen).to(dev)
+
+    contrast = 0.8 + 0.4 * u(b, 1, 1, 1)
+    bright = 0.4 * u(b, 1, 1, 1) - 0.2
+    x = frames * contrast + bright  # (B, T, H, W)
+
+    # random erasing: one rectangle per sample, broadcast over T
+    area = (0.02 + 0.13 * u(b)) * h * w
+    aspect = torch.exp((u(b) - 0.5) * 1.2)  # ~0.55..1.8
+    eh = (area * aspect).sqrt().clamp(1, h)
+    ew = (area / aspect).sqrt().clamp(1, w)
+    y0 = (u(b) * (h - eh + 1)).floor()
+    x0 = (u(b) * (w - ew + 1)).floor()
+    rows = torch.arange(h, device=dev)[None, :]
+    cols = torch.arange(w, device=dev)[None, :]
+    in_r = (rows >= y0[:, None]) & (rows < (y0 + eh.floor())[:, None])  # (B, H)
+    in_c = (cols >= x0[:, None]) & (cols < (x0 + ew.floor())[:, None])  # (B, W)
+    erase = (u(b) < 0.5)[:, None, None] & in_r[:, :, None] & in_c[:, None, :]  # (B, H, W)
+    x = x.masked_fill(erase[:, None], 0.0)
+
+    flip = u(b) < 0.5  # (B,)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    saa = torch.where(flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
+    return x, saa

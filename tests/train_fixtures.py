@@ -1,0 +1,63 @@
+"""Tiny in-memory shards for the training/evaluation tests (no ingest, no simulator).
+
+The label is written into the frames as a row gradient scaled by the cloud base, so a
+model can learn it (a positive control) and a shuffled copy of the labels cannot. The
+gradient runs along rows (along-track), so the cross-track mirror augmentation keeps it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cloudml.config import load_config
+from cloudml.data.shard import Shard, write_shard
+
+# small, fast settings every training test starts from (preset values stay in the presets)
+FAST = {
+    "memory_optimized": True,
+    "temporal_frames": 3,
+    "warmup_steps": 4,
+    "learning_rate": 0.003,
+    "batch_size": 16,
+    "epochs": 3,
+    "torch_compile": False,
+}
+
+
+def fast_cfg(**changes):
+    return load_config("tuned", {**FAST, **changes})
+
+
+def make_shard(
+    flight: str, n: int = 60, t: int = 3, h: int = 8, w: int = 10, seed: int = 0, t0: float = 1.73e9
+) -> Shard:
+    """n samples over n + t - 1 consecutive frames; label = the centre frame's cloud base."""
+    rng = np.random.default_rng(seed)
+    f_count = n + t - 1
+    base = 1.0 + 0.5 * np.sin(np.arange(f_count) / 5.0 + seed) + rng.normal(0, 0.1, f_count)
+    grad = np.linspace(-1, 1, h, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
+    frames = (
+        rng.normal(0, 0.3, (f_count, h, w)).astype(np.float32)
+        + (base[:, None, None] - 1.0).astype(np.float32) * 2.0 * grad
+    )
+    idx = np.arange(n)[:, None] + np.arange(t)[None, :]
+    return Shard(
+        flight=flight,
+        frame_table=frames,
+        frame_index=idx,
+        cbh_km=base[idx[:, t // 2]],
+        sza_deg=rng.uniform(30, 70, n),
+        saa_deg=rng.uniform(0, 360, n),
+        time_utc=t0 + np.arange(n, dtype=float),
+        dt_match_s=rng.uniform(-0.5, 0.5, n),
+    )
+
+
+def write_shards(tmp: Path, flights: list[str], **kw) -> dict[str, Path]:
+    """One shard file per flight under tmp; returns {flight: path}."""
+    out = {}
+    for i, f in enumerate(flights):
+        out[f] = write_shard(tmp / f"{f}.h5", make_shard(f, seed=i, **kw))
+    return out
