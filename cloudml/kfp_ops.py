@@ -163,7 +163,9 @@ def connect(host: str | None = None):
     token = os.environ.get("KFP_TOKEN") or None
     _probe(host, token)
     try:
-        return kfp.Client(host=host, existing_token=token, namespace=os.environ.get("KFP_NAMESPACE", "kubeflow"))
+        return kfp.Client(
+            host=host, existing_token=token, namespace=os.environ.get("KFP_NAMESPACE", "kubeflow")
+        )
     except Exception as e:  # noqa: BLE001 - any client-construction failure is the endpoint's
         raise KfpError(f"KFP endpoint {host}: could not create a client: {e}") from None
 
@@ -176,7 +178,9 @@ def _call(host: str, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any)
         return fn(*args, **kwargs)
     except ApiException as e:
         body = (e.body or "").strip() if isinstance(e.body, str) else e.body
-        raise KfpError(f"KFP endpoint {host} rejected {what}: HTTP {e.status} {e.reason} {body}") from None
+        raise KfpError(
+            f"KFP endpoint {host} rejected {what}: HTTP {e.status} {e.reason} {body}"
+        ) from None
     except (OSError, TimeoutError) as e:
         raise KfpError(f"KFP endpoint {host} failed during {what}: {e}") from None
     except ValueError as e:  # kfp.Client raises ValueError for e.g. duplicate names
@@ -220,7 +224,9 @@ def upload_version(client, host: str, preset: str, package: Path) -> tuple[str, 
 
 
 def _experiment_id(client, host: str) -> str:
-    exp = _call(host, f"get-or-create of experiment {EXPERIMENT}", client.create_experiment, EXPERIMENT)
+    exp = _call(
+        host, f"get-or-create of experiment {EXPERIMENT}", client.create_experiment, EXPERIMENT
+    )
     return exp.experiment_id
 
 
@@ -282,7 +288,9 @@ def schedule(
         page_size=100,
         filter=display_name_filter(job),
     )
-    replaced = [r.recurring_run_id for r in (existing.recurring_runs or []) if r.display_name == job]
+    replaced = [
+        r.recurring_run_id for r in (existing.recurring_runs or []) if r.display_name == job
+    ]
     for rid in replaced:
         _call(host, f"deletion of recurring run {rid}", client.delete_recurring_run, rid)
     rec = _call(
@@ -302,7 +310,12 @@ def schedule(
         service_account=platform.SERVICE_ACCOUNT,
     )
     link = f"{ui_base(host)}/#/recurringrun/details/{rec.recurring_run_id}"
-    return {"recurring_run_id": rec.recurring_run_id, "link": link, "replaced": replaced, "cron": cron}
+    return {
+        "recurring_run_id": rec.recurring_run_id,
+        "link": link,
+        "replaced": replaced,
+        "cron": cron,
+    }
 
 
 # --- CLI -----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 R² and the std ratio also come back as float parameter outputs: the gate compares those.
 """
 
-from typing import List, NamedTuple
+from typing import NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
@@ -13,7 +13,7 @@ from cloudml.platform import gpu_image
 
 @dsl.component(base_image=gpu_image(), install_kfp_package=False)
 def evaluate(
-    shards: Input[List[Dataset]],
+    shards: Input[list[Dataset]],
     config_json: str,
     pretrained: Input[Model],
     finetuned: Input[Model],

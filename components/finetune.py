@@ -1,6 +1,5 @@
 """finetune: all training flights + pretrained weights -> final checkpoint (Model)."""
 
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -10,7 +9,7 @@ from cloudml.platform import gpu_image
 
 @dsl.component(base_image=gpu_image(), install_kfp_package=False)
 def finetune(
-    shards: Input[List[Dataset]], config_json: str, pretrained: Input[Model], model: Output[Model]
+    shards: Input[list[Dataset]], config_json: str, pretrained: Input[Model], model: Output[Model]
 ):
     from cloudml.pipeline_steps import run_finetune
 

@@ -1,6 +1,5 @@
 """pretrain: the pretrain flight's shard -> pretrained checkpoint (Model, a directory)."""
 
-from typing import List
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -9,7 +8,7 @@ from cloudml.platform import gpu_image
 
 
 @dsl.component(base_image=gpu_image(), install_kfp_package=False)
-def pretrain(shards: Input[List[Dataset]], config_json: str, model: Output[Model]):
+def pretrain(shards: Input[list[Dataset]], config_json: str, model: Output[Model]):
     from cloudml.pipeline_steps import run_pretrain
 
     summary = run_pretrain([s.path for s in shards], config_json, model.path)
