@@ -110,7 +110,7 @@ def _check_times(t: np.ndarray, path: Path, name: str, strictly_increasing: bool
             kind = "duplicated" if d[i] == 0 else "non-monotonic"
             raise DataError(
                 f"{path}: {name} has {kind} time stamps at index {i}->{i + 1} "
-                f"({t[i]!r} -> {t[i + 1]!r}); expected strictly increasing times"
+                f"({float(t[i]):.6f} -> {float(t[i + 1]):.6f}); expected strictly increasing times"
             )
 
 
