@@ -15,3 +15,4 @@ def skip_or_fail(reason: str) -> None:
     if IN_CI:
         pytest.fail(f"required in CI: {reason}")
     pytest.skip(f"NOT EXERCISED: {reason}")
+from tests.servers import *  # noqa: E402,F401,F403  (SeaweedFS / Pushgateway / Prometheus fixtures)
