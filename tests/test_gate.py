@@ -1,0 +1,56 @@
+"""The quality gate: R² strictly above the threshold, and no collapsed model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from cloudml.cli import main
+from cloudml.errors import GateFailed
+from cloudml.gate import enforce_gate, gate_from_metrics_file, gate_verdict
+
+
+def test_passes_above_threshold():
+    v = gate_verdict(0.31, 0.8, threshold=0.3, min_std_ratio=0.1, flight="12Feb25")
+    assert v.passed and v.reasons == []
+    assert "PASSED" in v.message and "12Feb25" in v.message
+
+
+@pytest.mark.parametrize("r2", [0.3, 0.29, -0.0927, math.nan])
+def test_fails_at_or_below_threshold_with_r2_threshold_and_flight(r2):
+    with pytest.raises(GateFailed) as e:
+        enforce_gate(r2, 0.8, threshold=0.3, min_std_ratio=0.1, flight="12Feb25")
+    msg = str(e.value)
+    assert "12Feb25" in msg and "threshold 0.3000" in msg
+    assert (f"R² = {r2:.4f}") in msg
+
+
+def test_collapsed_model_fails_even_with_good_r2():
+    with pytest.raises(GateFailed, match="collapsed model: prediction/target std ratio 0.0500"):
+        enforce_gate(0.9, 0.05, threshold=0.3, min_std_ratio=0.1, flight="12Feb25")
+
+
+def test_both_reasons_listed():
+    v = gate_verdict(0.1, 0.01, threshold=0.3, min_std_ratio=0.1, flight="f")
+    assert not v.passed and len(v.reasons) == 2
+
+
+def test_min_std_ratio_zero_disables_collapse_check():
+    assert gate_verdict(0.5, 0.0, threshold=0.3, min_std_ratio=0.0).passed
+
+
+def test_gate_exit_code_from_cli(tmp_path, capsys):
+    m = tmp_path / "metrics.json"
+    m.write_text(json.dumps({"r2": 0.12, "std_ratio": 0.6, "flight": "12Feb25"}))
+    assert main(["gate", "--metrics", str(m)]) == GateFailed.exit_code == 1
+    assert "R² = 0.1200" in capsys.readouterr().err
+    assert main(["gate", "--metrics", str(m), "--threshold", "0.1"]) == 0
+
+
+def test_metrics_file_missing_key_names_file(tmp_path):
+    m = tmp_path / "metrics.json"
+    m.write_text(json.dumps({"r2": 0.5}))
+    with pytest.raises(Exception, match=f"{m}: missing key"):
+        gate_from_metrics_file(m)

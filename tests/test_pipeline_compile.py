@@ -1,0 +1,219 @@
+"""Compile every preset and check the spec: stages and order, fan-out, placement, retries,
+caching, parameters and their defaults, and that no credential reaches the YAML."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloudml import platform
+from cloudml.config import Config, load_config, preset_names
+from cloudml.flights import FLIGHT_NAMES
+from cloudml.kfp_ops import compile_pipeline
+
+MARKER = "s3cr3t-marker-7f1c"
+GPU_TASKS = ("pretrain", "finetune", "evaluate")
+CPU_TASKS = ("resolve-config", "ingest", "gate")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _config_keys() -> list[str]:
+    cfg = Config()
+    return [f.name for s in (cfg.data, cfg.model, cfg.train) for f in dataclasses.fields(s)]
+
+
+@pytest.fixture(scope="module", params=preset_names())
+def compiled(request, tmp_path_factory):
+    """(preset, pipeline spec, platform spec, raw YAML) with a secret-looking env set."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MINIO_SECRET_KEY", MARKER)
+    mp.setenv("MINIO_ACCESS_KEY", MARKER)
+    out = tmp_path_factory.mktemp("pipelines") / f"{request.param}.yaml"
+    try:
+        compile_pipeline(request.param, out)
+    finally:
+        mp.undo()
+    text = out.read_text()
+    spec, plat = yaml.safe_load_all(text)
+    return request.param, spec, plat, text
+
+
+def _tasks(spec: dict) -> dict:
+    """All tasks by name, the ParallelFor body's included."""
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for comp in spec["components"].values():
+        if "dag" in comp:
+            tasks.update(comp["dag"]["tasks"])
+    return tasks
+
+
+def test_stages_and_dependencies(compiled):
+    _, spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    loop = next(k for k in root if k.startswith("for-loop"))
+    assert set(root) == {"resolve-config", loop, "pretrain", "finetune", "evaluate", "gate"}
+    assert root[loop]["dependentTasks"] == ["resolve-config"]
+    assert loop in root["pretrain"]["dependentTasks"]
+    assert "pretrain" in root["finetune"]["dependentTasks"]
+    assert {"finetune", "pretrain"} <= set(root["evaluate"]["dependentTasks"])
+    assert root["gate"]["dependentTasks"] == ["evaluate"]
+    assert "ingest" in _tasks(spec)
+    # the gate compares evaluate's float outputs, not a metrics artifact
+    g = root["gate"]["inputs"]["parameters"]
+    assert g["r2"]["taskOutputParameter"] == {
+        "outputParameterKey": "r2",
+        "producerTask": "evaluate",
+    }
+
+
+def test_one_ingest_per_flight(compiled):
+    preset, spec, _, _ = compiled
+    root = spec["root"]["dag"]["tasks"]
+    loop = next(v for k, v in root.items() if k.startswith("for-loop"))
+    assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--flights"
+    default = spec["root"]["inputDefinitions"]["parameters"]["flights"]["defaultValue"]
+    assert default == list(load_config(preset).data.flights) == list(FLIGHT_NAMES)
+    body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(body) == ["ingest"]
+    assert body["ingest"]["inputs"]["parameters"]["flight"] == {
+        "componentInputParameter": "pipelinechannel--flights-loop-item"
+    }
+
+
+def test_parameters_are_every_config_key_with_preset_defaults(compiled):
+    preset, spec, _, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(params) == set(_config_keys()) | {"raw_uri", "threshold", "min_std_ratio"}
+    flat = load_config(preset).flat()
+    for key, value in flat.items():
+        got = params[key]["defaultValue"]
+        assert got == value, f"{key}: compiled default {got!r} != preset {value!r}"
+    assert params["threshold"]["defaultValue"] == 0.3
+    assert params["min_std_ratio"]["defaultValue"] == 0.1
+    assert params["scale"]["defaultValue"] == "full"
+    assert params["raw_uri"]["defaultValue"] == f"s3://{platform.MINIO_BUCKET}/raw"
+
+
+def test_resolve_config_component_takes_every_config_key(compiled):
+    _, spec, _, _ = compiled
+    inputs = spec["components"]["comp-resolve-config"]["inputDefinitions"]["parameters"]
+    missing = set(_config_keys()) - set(inputs)
+    assert not missing, f"components/config.py lacks config key(s) {sorted(missing)}"
+    assert set(inputs) == set(_config_keys()) | {"preset"}
+
+
+def test_gpu_placement_only_on_training_and_evaluation(compiled):
+    _, spec, plat, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    kube = plat["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    pool = platform.gpu_pool()
+    for name in GPU_TASKS:
+        c = executors[f"exec-{name}"]["container"]
+        assert c["resources"]["accelerator"]["resourceType"] == "nvidia.com/gpu"
+        assert c["resources"]["accelerator"]["resourceCount"] == "1"
+        assert c["image"] == platform.gpu_image()
+        k = kube[f"exec-{name}"]
+        assert k["nodeSelector"]["labels"] == {pool.label_key: pool.label_value}
+        assert k["tolerations"] == [
+            {
+                "key": pool.taint_key,
+                "operator": "Equal",
+                "value": pool.taint_value,
+                "effect": pool.taint_effect,
+            }  # fmt: skip
+        ]
+    for name in CPU_TASKS:
+        c = executors[f"exec-{name}"]["container"]
+        assert "accelerator" not in c.get("resources", {})
+        assert c["resources"]["resourceCpuRequest"] and c["resources"]["resourceMemoryRequest"]
+        assert c["image"] == platform.cpu_image()
+        k = kube.get(f"exec-{name}", {})
+        assert "nodeSelector" not in k and "tolerations" not in k
+
+
+def test_retries_on_ingest_and_training_none_on_gate(compiled):
+    _, spec, _, _ = compiled
+    tasks = _tasks(spec)
+    for name in ("ingest", "pretrain", "finetune"):
+        rp = tasks[name]["retryPolicy"]
+        assert rp["maxRetryCount"] >= 1 and rp["backoffDuration"] and rp["backoffFactor"] > 1
+    assert "retryPolicy" not in tasks["gate"]
+
+
+def test_ingest_not_cached(compiled):
+    _, spec, _, _ = compiled
+    tasks = _tasks(spec)
+    assert tasks["ingest"]["cachingOptions"].get("enableCache") is not True
+    assert tasks["pretrain"]["cachingOptions"]["enableCache"] is True
+
+
+def test_credentials_only_from_secret_and_configmap(compiled):
+    _, spec, plat, text = compiled
+    assert MARKER not in text
+    kube = plat["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for name in ("ingest", *GPU_TASKS, "gate"):
+        (sec,) = kube[f"exec-{name}"]["secretAsEnv"]
+        assert sec["secretName"] == platform.MINIO_SECRET_NAME
+        assert {e["secretKey"]: e["envVar"] for e in sec["keyToEnv"]} == platform.MINIO_SECRET_ENV
+        (cm,) = kube[f"exec-{name}"]["configMapAsEnv"]
+        assert cm["configMapName"] == platform.SETTINGS_CONFIGMAP
+    for executor in spec["deploymentSpec"]["executors"].values():
+        assert "env" not in executor["container"]  # no literal env values in the spec
+
+
+def test_settings_keys_exist_in_manifest():
+    settings = REPO / "manifests" / "base" / "config" / "settings.env"
+    if not settings.is_file():
+        pytest.skip(f"{settings} not present")
+    keys = {line.split("=", 1)[0] for line in settings.read_text().splitlines() if "=" in line}
+    training = importlib.import_module("pipelines.training")
+    assert set(training.SETTINGS_KEYS) <= keys
+
+
+def test_display_names_on_every_task(compiled):
+    _, spec, _, _ = compiled
+    for name, task in _tasks(spec).items():
+        assert task["taskInfo"]["name"], name
+
+
+def test_gpu_pool_override_at_compile_time(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLOUDML_GPU_NODE_LABEL", "pool=a100")
+    monkeypatch.setenv("CLOUDML_GPU_TAINT", "gpu=yes:NoExecute")
+    out = compile_pipeline("tuned", tmp_path / "t.yaml")
+    _, plat = yaml.safe_load_all(out.read_text())
+    k = plat["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-finetune"]
+    assert k["nodeSelector"]["labels"] == {"pool": "a100"}
+    assert k["tolerations"][0] == {
+        "key": "gpu",
+        "operator": "Equal",
+        "value": "yes",
+        "effect": "NoExecute",
+    }
+
+
+def test_unknown_preset_is_a_clear_error(tmp_path):
+    from cloudml.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown preset 'nope'"):
+        compile_pipeline("nope", tmp_path / "x.yaml")
+    assert not (tmp_path / "x.yaml").exists()
+
+
+def test_pipeline_file_compiles_itself(tmp_path):
+    import subprocess
+
+    out = tmp_path / "b.yaml"
+    subprocess.run(
+        [sys.executable, str(REPO / "pipelines" / "training.py"), "baseline", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    spec, _ = yaml.safe_load_all(out.read_text())
+    assert spec["pipelineInfo"]["name"] == "cloudml-baseline"
+    assert spec["root"]["inputDefinitions"]["parameters"]["learning_rate"]["defaultValue"] == 0.001
