@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "cloudml.data.synth",
     "cloudml.storage",
     "cloudml.data.ingest",
+    "cloudml.preflight",
 ]
 
 
