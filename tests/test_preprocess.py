@@ -108,3 +108,11 @@ def test_normalize_frames_calls_each_frame_once(monkeypatch):
     x = np.random.default_rng(4).random((7, 16, 20)).astype(np.float32)
     pp.normalize_frames(x, 0.01, True)
     assert len(calls) == 7
+
+
+def test_threaded_normalize_matches_serial():
+    x = np.random.default_rng(5).gamma(2.0, 50.0, (9, 16, 20)).astype(np.float32)
+    serial = pp.normalize_frames(x.copy(), 0.01, True, workers=1)
+    threaded = pp.normalize_frames(x.copy(), 0.01, True, workers=3)
+    np.testing.assert_array_equal(serial, threaded)
+    assert not np.array_equal(serial, x)

@@ -142,7 +142,10 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
             f"{cpl_p} against {info.n_frames} frames of {irai_p} (dropped: {counts or 'none'})"
         )
     used = np.unique(m.window)  # (F,) frames some window needs, each processed once
-    table = store[np.searchsorted(candidates, used)]  # (F, H, W)
+    if len(used) == len(candidates):  # the usual case: no copy of a ~1 GB array
+        table = store
+    else:
+        table = store[np.searchsorted(candidates, used)]  # (F, H, W)
     del store
     frame_index = np.searchsorted(used, m.window)  # (n, T) rows of table
     lap("match")
@@ -157,7 +160,11 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
         preprocess.apply_flat(table, flat)
     lap("flat_field")
     preprocess.normalize_frames(
-        table, d.clahe_clip_limit, d.zscore_normalize, progress=len(table) >= 200
+        table,
+        d.clahe_clip_limit,
+        d.zscore_normalize,
+        progress=len(table) >= 200,
+        workers=preprocess.default_workers(),
     )
     lap("clahe")
 
