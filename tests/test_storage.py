@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import logging
 import threading
@@ -281,6 +282,55 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path, monkeypatch):
     msg = str(e.value)
     assert f"127.0.0.1:{port}" in msg and "s3://cloudml/k/x" in msg and "unreachable" in msg
     assert S3_SECRET_KEY not in msg
+
+
+class _FlakyS3(http.server.BaseHTTPRequestHandler):
+    """Answers PUT with 503 SlowDown `fail` times, then 200; counts every request."""
+
+    fail = 2
+    count = 0
+
+    def do_PUT(self):
+        type(self).count += 1
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if type(self).count <= type(self).fail:
+            body = (
+                b"<?xml version='1.0'?><Error><Code>SlowDown</Code><Message>slow</Message></Error>"
+            )
+            self.send_response(503)
+            self.send_header("Content-Type", "application/xml")
+        else:
+            body = b""
+            self.send_response(200)
+            self.send_header("ETag", '"0"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("fail, ok", [(2, True), (5, False)])
+def test_slowdown_is_retried_by_us_only(fail, ok):
+    """One HTTP request per attempt: the minio client's own urllib3 retries are off."""
+    handler = type("H", (_FlakyS3,), {"fail": fail, "count": 0})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = S3Store(
+            f"127.0.0.1:{server.server_port}", "flaky", access_key="a", secret_key="b", retry=FAST
+        )
+        if ok:
+            store.put_bytes("k/x", b"1")
+        else:
+            with pytest.raises(StorageError, match="SlowDown"):
+                store.put_bytes("k/x", b"1")
+        assert handler.count == (fail + 1 if ok else FAST.attempts)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # --- S3 against SeaweedFS ---------------------------------------------------------------------
