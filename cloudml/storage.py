@@ -212,7 +212,12 @@ class LocalStore:
         return self._path(key).is_file()
 
     def list(self, prefix: str = "") -> list[str]:
-        base = self.root / prefix.rstrip("/") if prefix else self.root
+        # S3 semantics: a plain string prefix ("runs/tu" matches "runs/tuned/...")
+        base = (
+            self.root / prefix
+            if prefix.endswith("/") or not prefix
+            else (self.root / prefix).parent
+        )
         if not base.is_dir():
             return []
         keys = []
@@ -251,6 +256,7 @@ class S3Store:
         self.retry = retry or RetryPolicy.from_env()
         scheme = "https" if secure else "http"
         self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        _quiet_http_debug_logs()
         self._where = f"{scheme}://{endpoint}"
         # Our own pool: urllib3 retries off (we retry in with_retries), short timeouts.
         http = urllib3.PoolManager(
@@ -425,7 +431,6 @@ def open_store(uri: str | None = None, retry: RetryPolicy | None = None) -> Stor
         secure_s = os.environ.get("MINIO_SECURE", "false").strip().lower()
         if secure_s not in ("true", "false", "1", "0", "yes", "no"):
             raise StorageError(f"MINIO_SECURE must be true or false, got {secure_s!r}")
-        _quiet_http_debug_logs()
         return S3Store(
             endpoint=endpoint,
             bucket=bucket,

@@ -80,8 +80,10 @@ def test_local_round_trip_manifest_written_last(tmp_path):
     assert out == manifest
     for rel, data in files.items():
         assert (tmp_path / "out" / rel).read_bytes() == data
-    assert store.list("runs/tuned/") == sorted(
-        [f"runs/tuned/r1/{k}" for k in files] + ["runs/tuned/r1/manifest.json"]
+    assert (
+        store.list("runs/tu")
+        == store.list("runs/tuned/")
+        == sorted([f"runs/tuned/r1/{k}" for k in files] + ["runs/tuned/r1/manifest.json"])
     )
 
 
@@ -358,6 +360,20 @@ def test_s3_round_trip(s3_server, s3_env, tmp_path):
     assert (dest / "sub/deeper/c.json").read_bytes() == files["sub/deeper/c.json"]
     store.delete("raw/30Oct24/a.txt")
     assert not store.exists("raw/30Oct24/a.txt")
+
+
+@pytest.mark.servers
+def test_cli_upload_campaign_to_s3(s3_env, tmp_path):
+    from cloudml.cli import main
+
+    files = make_tree(tmp_path / "campaign" / "30Oct24")
+    src, dest = str(tmp_path / "campaign"), "s3://t-cli/raw"
+    assert main(["upload", "--src", src, "--dest", dest, "--per-dir"]) == 0
+    raw = open_store("s3://t-cli/raw", retry=FAST)
+    got = fetch_raw_flight(raw, "30Oct24", tmp_path / "flight")
+    assert {
+        str(p.relative_to(got)) for p in got.rglob("*") if p.name != "manifest.json" and p.is_file()
+    } == set(files)
 
 
 @pytest.mark.servers
