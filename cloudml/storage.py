@@ -50,7 +50,7 @@ DEFAULT_PIPELINE_ROOT = f"s3://{MINIO_BUCKET}/pipeline-root"
 
 # S3 error codes that mean "try again"; everything else in S3Error is final.
 TRANSIENT_S3_CODES = frozenset(
-    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout", "RequestTimeTooSkewed"}
+    {"SlowDown", "InternalError", "ServiceUnavailable", "RequestTimeout"}
 )
 AUTH_S3_CODES = frozenset(
     {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken"}
@@ -292,6 +292,7 @@ class S3Store:
 
     def _call(self, op: Callable[[], T], what: str, key: str | None) -> T:
         """Run one S3 operation with retries; turn every failure into a StorageError."""
+        import urllib3.exceptions
         from minio.error import MinioException, S3Error
 
         where = self.describe(key) if key is not None else f"s3://{self.bucket} at {self._where}"
@@ -315,9 +316,14 @@ class S3Store:
         except Exception as e:
             if is_transient(e):
                 raise StorageError(
-                    f"{what} {where}: endpoint unreachable after {self.retry.attempts} attempts "
-                    f"/ {self.retry.max_total_s:.0f}s ({type(e).__name__}); check MINIO_ENDPOINT "
+                    f"{what} {where}: endpoint unreachable after retries (up to {self.retry.attempts} "
+                    f"attempts / {self.retry.max_total_s:.0f}s; {type(e).__name__}); check MINIO_ENDPOINT "
                     "and MINIO_SECURE"
+                ) from None
+            if isinstance(e, urllib3.exceptions.HTTPError):  # TLS: not retried
+                raise StorageError(
+                    f"{what} {where}: {type(e).__name__}: {e}; check MINIO_SECURE and the "
+                    "endpoint's certificate"
                 ) from None
             raise
 

@@ -494,3 +494,26 @@ def test_secret_never_logged_or_written(s3_server, s3_env, tmp_path, caplog):
     assert S3_SECRET_KEY not in text
     for key in store.list(""):
         assert S3_SECRET_KEY.encode() not in store.get_bytes(key)
+
+
+def test_tls_mismatch_is_not_retried(caplog):
+    """MINIO_SECURE=true against a plain-HTTP endpoint: one attempt, a clear StorageError."""
+    handler = type("H", (_FlakyS3,), {"fail": 0, "count": 0})
+    server = http.server.HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        store = S3Store(
+            f"127.0.0.1:{server.server_port}",
+            "tls",
+            access_key="a",
+            secret_key="b",
+            secure=True,
+            retry=FAST,
+        )
+        with pytest.raises(StorageError, match="MINIO_SECURE"):
+            store.put_bytes("k/x", b"1")
+        assert not [r for r in caplog.records if "transient error" in r.getMessage()]
+    finally:
+        server.shutdown()
+        server.server_close()
