@@ -221,3 +221,15 @@ def test_broken_alert_rule_fails_promtool(tree: Path, old: str, new: str, messag
 def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert mc.main([str(tmp_path)]) == 2
     assert "overlays not found" in capsys.readouterr().err
+
+
+def test_settings_hold_every_key_the_pipeline_maps(rendered: dict[str, list[dict]]) -> None:
+    """The pipeline maps cloudml-settings keys to env with optional=True: a key missing here
+    would silently leave a task without it, so the overlays must carry every one."""
+    try:
+        from pipelines.training import SETTINGS_KEYS
+    except ImportError as e:
+        skip_or_fail(f"pipelines.training not importable: {e}")
+    for name, docs in rendered.items():
+        (settings,) = [d for d in docs if d["metadata"]["name"] == platform.SETTINGS_CONFIGMAP]
+        assert set(SETTINGS_KEYS) <= set(settings["data"]), name
