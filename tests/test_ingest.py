@@ -182,3 +182,15 @@ def test_unknown_flight_fails_through_cli(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "unknown flight '31Dec99'" in err and "30Oct24" in err
     assert not out.exists()
+
+
+def test_cli_scale_flag_overrides_config(tmp_path, capsys):
+    write_flight(tmp_path / "raw", "30Oct24", flight_arrays(n_frames=12, rows=64, cols=80))
+    rc, out = _ingest_cli(
+        tmp_path, "30Oct24", "--scale", "local", "--set", "zscore_normalize=false"
+    )
+    assert rc == 0 and "scale local, bin 2" in capsys.readouterr().out
+    s = read_shard(out)
+    assert s.config["scale"] == "local" and s.config["zscore_normalize"] is False
+    assert s.frame_shape == (27, 40)
+    assert s.frame_table.min() >= 0.0 and s.frame_table.max() <= 1.0  # CLAHE range, no z-score

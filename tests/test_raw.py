@@ -19,7 +19,7 @@ def test_readers_happy_path(tmp_path):
     assert cpl.year == 2024 and cpl.n_layers == layout.CPL_MAX_LAYERS
     np.testing.assert_allclose(cpl.time_utc, a["frame_time"] + 0.1, atol=1e-5)
     np.testing.assert_allclose(cpl.base_km, a["base"][:, 0], rtol=1e-6)
-    np.testing.assert_allclose(cpl.lidar_surface_m, a["lidar_surface_m"], rtol=1e-6)
+    np.testing.assert_allclose(cpl.lidar_surface_km * 1000, a["lidar_surface_m"], rtol=1e-6)
     nav = raw.read_nav(nav_p, 12)
     np.testing.assert_allclose(nav.sza_deg, a["sza"])
     np.testing.assert_allclose(nav.saa_deg, a["saa"])

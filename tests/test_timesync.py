@@ -83,18 +83,18 @@ def _case():
     """12 frames at 1 Hz; 14 profiles, each built to fail one known rule (or pass)."""
     ft = 100.0 + np.arange(12)
     rows = [
-        # (time, base_km, lidar_surface_m, dem_m, expected reason or None)
+        # (time, base_km, lidar_surface_km, dem_m, expected reason or None)
         (99.4, 1.0, 0, 0, "no_frame"),  # 0.6 s before the first frame
         (100.0, 1.0, 0, 0, "window_off_end"),  # frame 0: would read frame -2
         (102.1, -9999.0, 0, 0, "fill"),
         (102.9, np.nan, 0, 0, "fill"),
-        (103.0, 1.0, 950.0, 0, "land"),  # surface 0.95 km
+        (103.0, 1.0, 0.95, 0, "land"),  # surface 0.95 km
         (104.0, 1.0, 0, 5.0, "land"),  # DEM != 0
         (104.2, 2.5, 0, 0, "out_of_range"),
         (105.0, 0.05, 0, 0, "out_of_range"),
         (105.7, 2.0, 0, 0, "duplicate_frame"),  # frame 6 at dt -0.3: loses to the next
         (106.2, 2.0, 0, 0, None),  # frame 6 at dt +0.2; 2.0 km is inside (inclusive)
-        (108.0, 0.1, -899.0, 0, None),  # 0.899 km surface is ocean; 0.1 km inclusive
+        (108.0, 0.1, -0.899, 0, None),  # 0.899 km surface is ocean; 0.1 km inclusive
         (109.0, 1.0, 0, 0, "bad_frame"),  # window 7..11 holds bad frame 11
         (111.0, 1.0, 0, 0, "window_off_end"),  # last frame: would read frame 13
         (150.0, 1.0, 0, 0, "no_frame"),

@@ -100,7 +100,7 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
 
     def match(bad: np.ndarray | None) -> timesync.MatchResult:
         return timesync.match_profiles(
-            cpl.time_utc, cpl.base_km, cpl.lidar_surface_m, cpl.dem_surface_m,
+            cpl.time_utc, cpl.base_km, cpl.lidar_surface_km, cpl.dem_surface_m,
             info.time_utc, d.cbh_range_km, d.temporal_frames, bad_frame=bad,
         )  # fmt: skip
 

@@ -17,7 +17,9 @@ import h5py
 import numpy as np
 
 from cloudml.data import layout
+from cloudml.data.timesync import cpl_julian_to_epoch
 from cloudml.errors import DataError
+from cloudml.flights import year_from_cpl_filename
 
 
 @dataclass(frozen=True)
@@ -42,13 +44,13 @@ class IraiData:
 
 @dataclass
 class CplData:
-    jday: np.ndarray  # (M,) float64 Profile_Decimal_Julian_Day column 0 (time: timesync)
+    time_utc: np.ndarray  # (M,) float64 epoch seconds (julian day + file-name year)
     base_km: np.ndarray  # (M,) float64 layer-0 base altitude, km, fill -9999
-    lidar_surface_m: np.ndarray  # (M,) float64 metres
+    lidar_surface_km: np.ndarray  # (M,) float64, converted from the file's metres
     dem_surface_m: np.ndarray  # (M,) float64 metres
     n_layers: int  # columns of Layer_Base_Altitude
     year: int  # from the file name only
-    time_utc: np.ndarray | None = None  # (M,) epoch seconds, set by read_cpl
+    jday: np.ndarray  # (M,) float64 Profile_Decimal_Julian_Day column 0 as stored
 
 
 @dataclass
@@ -174,9 +176,6 @@ def read_irai(path: str | Path) -> IraiData:
 # --- CPL -----------------------------------------------------------------------------------
 def read_cpl(path: str | Path) -> CplData:
     """Check and read a CPL L2 layer file; profile times converted with the file name's year."""
-    from cloudml.data.timesync import cpl_julian_to_epoch
-    from cloudml.flights import year_from_cpl_filename
-
     path = Path(path)
     year = year_from_cpl_filename(path)  # before any I/O: a bad name fails at once
     with _open(path) as f:
@@ -199,16 +198,18 @@ def read_cpl(path: str | Path) -> CplData:
             raise DataError(f"{path}: {layout.CPL_JDAY} holds no profiles")
         jday = _read(jd, path, np.s_[:, 0]).astype(np.float64)
         _check_times(jday, path, f"{layout.CPL_JDAY}[:, 0]", strictly_increasing=False)
-        data = CplData(
-            jday=jday,
-            base_km=_read(base, path, np.s_[:, 0]).astype(np.float64),
-            lidar_surface_m=_read(surf, path).astype(np.float64),
-            dem_surface_m=_read(dem, path).astype(np.float64),
-            n_layers=int(base.shape[1]),
-            year=year,
-        )
-    data.time_utc = cpl_julian_to_epoch(data.jday, year)
-    return data
+        base_km = _read(base, path, np.s_[:, 0]).astype(np.float64)
+        surface_m = _read(surf, path).astype(np.float64)
+        dem_m = _read(dem, path).astype(np.float64)
+    return CplData(
+        time_utc=cpl_julian_to_epoch(jday, year),
+        base_km=base_km,
+        lidar_surface_km=surface_m / 1000.0,  # the dataset is in metres
+        dem_surface_m=dem_m,
+        n_layers=int(base.shape[1]),
+        year=year,
+        jday=jday,
+    )
 
 
 # --- nav -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 
 REASONS = (
     "fill",  # layer-0 base is the -9999 fill or not finite
-    "land",  # |Lidar_Surface_Altitude| > 0.9 km or DEM_Surface_Altitude != 0
+    "land",  # |Lidar_Surface_Altitude| > 0.9 km (stored in m, read as km) or DEM_Surface_Altitude != 0
     "out_of_range",  # base outside cbh_range_km (inclusive)
     "no_frame",  # no image frame within max_dt_s
     "duplicate_frame",  # another usable profile matched the same frame more closely
@@ -57,7 +57,7 @@ def window_offsets(temporal_frames: int) -> np.ndarray:
 
 def label_reasons(
     base_km: np.ndarray,
-    lidar_surface_m: np.ndarray,
+    lidar_surface_km: np.ndarray,
     dem_surface_m: np.ndarray,
     cbh_range_km: tuple[float, float],
 ) -> np.ndarray:
@@ -65,7 +65,7 @@ def label_reasons(
     base = np.asarray(base_km, np.float64)
     reason = np.full(base.shape, -1, np.int8)
     fill = ~np.isfinite(base) | (base == CPL_FILL)
-    surf_km = np.asarray(lidar_surface_m, np.float64) / 1000.0  # dataset is in metres
+    surf_km = np.asarray(lidar_surface_km, np.float64)
     with np.errstate(invalid="ignore"):  # an unknown (NaN) surface counts as land
         land = ~(np.abs(surf_km) <= LAND_SURFACE_KM) | (np.asarray(dem_surface_m, np.float64) != 0)
     lo, hi = cbh_range_km
@@ -104,7 +104,7 @@ class MatchResult:
 def match_profiles(
     profile_time: np.ndarray,
     base_km: np.ndarray,
-    lidar_surface_m: np.ndarray,
+    lidar_surface_km: np.ndarray,
     dem_surface_m: np.ndarray,
     frame_time: np.ndarray,
     cbh_range_km: tuple[float, float],
@@ -122,7 +122,7 @@ def match_profiles(
     t = np.asarray(profile_time, np.float64)  # (M,)
     ft = np.asarray(frame_time, np.float64)  # (N,)
     n_frames = len(ft)
-    reason = label_reasons(base_km, lidar_surface_m, dem_surface_m, cbh_range_km)
+    reason = label_reasons(base_km, lidar_surface_km, dem_surface_m, cbh_range_km)
     frame = nearest_frame(t, ft)  # (M,)
     dt = t - ft[frame]  # (M,)
 
