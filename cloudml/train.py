@@ -354,12 +354,15 @@ def _run_stage(
     return summary
 
 
-def _finished(out_dir: Path) -> dict[str, Any] | None:
-    """summary.json of a stage already finished in out_dir (re-running returns at once)."""
+def _finished(stage: str, cfg: Config, out_dir: Path) -> dict[str, Any] | None:
+    """summary.json of this stage already finished in out_dir with the same settings
+    (re-running returns at once); None when there is nothing finished to return."""
     s, last = out_dir / "summary.json", out_dir / "last.pt"
-    if s.exists() and last.exists() and load_checkpoint(last)["state"]["finished"]:
-        return json.loads(s.read_text())
-    return None
+    if not last.exists():
+        return None
+    ck = load_checkpoint(last)
+    _check_resumable(ck, {"stage": stage, "config": {"preset": cfg.preset, **cfg.flat()}}, last)
+    return json.loads(s.read_text()) if ck["state"]["finished"] and s.exists() else None
 
 
 def pretrain(
@@ -370,7 +373,7 @@ def pretrain(
 ) -> dict[str, Any]:
     """Train on cfg.data.pretrain_flight only, time-ordered (1-val_fraction)/val_fraction split."""
     out_dir = Path(out_dir)
-    if (done := _finished(out_dir)) is not None:
+    if (done := _finished("pretrain", cfg, out_dir)) is not None:
         log.info("pretrain: %s already finished", out_dir)
         return done
     flight = cfg.data.pretrain_flight
@@ -387,7 +390,7 @@ def finetune(
     even if passed), overweight_flight drawn overweight_factor times as often; select the
     best epoch on the time-ordered tail (val_fraction) of EACH training flight."""
     out_dir = Path(out_dir)
-    if (done := _finished(out_dir)) is not None:
+    if (done := _finished("finetune", cfg, out_dir)) is not None:
         log.info("finetune: %s already finished", out_dir)
         return done
     d = cfg.data

@@ -148,15 +148,20 @@ def batches(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
 
 
 def augment(
-    frames: torch.Tensor, saa_deg: torch.Tensor, gen: torch.Generator
+    frames: torch.Tensor,
+    saa_deg: torch.Tensor,
+    gen: torch.Generator,
+    jitter: float = 0.2,
+    p_erase: float = 0.5,
+    p_flip: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training-time augmentation in the normalised float space (never via 8-bit images).
 
     frames (B, T, H, W), saa_deg (B,). Per sample, same for all T frames (the frames of a
     window are one scene seen over time):
-    - contrast x0.8-1.2 and brightness +-0.2 (z-score units);
-    - random erasing (p=0.5) of a rectangle of 2-15% of the frame, set to 0 (the mean);
-    - mirror (p=0.5) of the cross-track axis. Rows are along-track (the swath slice acts on
+    - contrast x(1 +- jitter) and brightness +- jitter (z-score units);
+    - random erasing (p_erase) of a rectangle of 2-15% of the frame, set to 0 (the mean);
+    - mirror (p_flip) of the cross-track axis. Rows are along-track (the swath slice acts on
       rows), columns cross-track; nadir is the centre column, so parallax stays symmetric.
       SAA is measured clockwise from the aircraft heading: the sun direction in (along,
       cross-right) is (cos a, sin a); mirroring cross-track gives (cos a, -sin a), i.e.
@@ -168,8 +173,8 @@ def augment(
     def u(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen).to(dev)
 
-    contrast = 0.8 + 0.4 * u(b, 1, 1, 1)
-    bright = 0.4 * u(b, 1, 1, 1) - 0.2
+    contrast = 1.0 + jitter * (2 * u(b, 1, 1, 1) - 1)
+    bright = jitter * (2 * u(b, 1, 1, 1) - 1)
     x = frames * contrast + bright  # (B, T, H, W)
 
     # random erasing: one rectangle per sample, broadcast over T
@@ -183,10 +188,10 @@ def augment(
     cols = torch.arange(w, device=dev)[None, :]
     in_r = (rows >= y0[:, None]) & (rows < (y0 + eh.floor())[:, None])  # (B, H)
     in_c = (cols >= x0[:, None]) & (cols < (x0 + ew.floor())[:, None])  # (B, W)
-    erase = (u(b) < 0.5)[:, None, None] & in_r[:, :, None] & in_c[:, None, :]  # (B, H, W)
+    erase = (u(b) < p_erase)[:, None, None] & in_r[:, :, None] & in_c[:, None, :]  # (B, H, W)
     x = x.masked_fill(erase[:, None], 0.0)
 
-    flip = u(b) < 0.5  # (B,)
+    flip = u(b) < p_flip  # (B,)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     saa = torch.where(flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
     return x, saa

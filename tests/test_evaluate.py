@@ -1,0 +1,87 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+from train_fixtures import fast_cfg, write_shards
+
+import cloudml.train as train
+from cloudml.cli import main
+from cloudml.errors import DataError
+from cloudml.evaluate import evaluate, regression_metrics
+
+
+def test_regression_metrics_values():
+    y = np.array([1.0, 2.0, 3.0, 4.0])
+    perfect = regression_metrics(y, y)
+    assert (perfect["r2"], perfect["mae_km"], perfect["rmse_km"], perfect["std_ratio"]) == (
+        1.0,
+        0.0,
+        0.0,
+        1.0,
+    )
+    mean = regression_metrics(y, np.full(4, 2.5))  # the mean predictor: R² 0, collapsed spread
+    assert mean["r2"] == pytest.approx(0.0) and mean["std_ratio"] == 0.0
+    m = regression_metrics(y, np.array([1.5, 2.0, 2.0, 5.0]))
+    assert m["mae_km"] == pytest.approx(2.5 / 4)
+    assert m["rmse_km"] == pytest.approx(np.sqrt(2.25 / 4))
+    assert m["r2"] == pytest.approx(1 - 2.25 / 5.0)
+    assert m["n"] == 4
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ev")
+    shards = write_shards(tmp, ["30Oct24", "12Feb25"])
+    cfg = fast_cfg(epochs=2)
+    train.pretrain(shards, cfg, tmp / "pre")
+    return tmp, shards, cfg
+
+
+def test_evaluate_writes_consistent_outputs(trained):
+    tmp, shards, cfg = trained
+    out = tmp / "eval"
+    m = evaluate(
+        shards["12Feb25"],
+        tmp / "pre" / "model.pt",
+        cfg,
+        out,
+        {"pretrain": tmp / "pre" / "history.json"},
+    )
+    assert {p.name for p in out.iterdir()} == {
+        "metrics.json",
+        "predictions.csv",
+        "pred_vs_true.png",
+        "residuals.png",
+        "learning_curves.png",
+    }
+    assert json.loads((out / "metrics.json").read_text()) == m
+    assert set(m) == {"flight", "loss", "mae_km", "rmse_km", "r2", "std_ratio", "n"}
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == m["n"] == 60 and m["flight"] == "12Feb25"
+    y = np.array([float(r["cbh_true_km"]) for r in rows])
+    p = np.array([float(r["cbh_pred_km"]) for r in rows])
+    again = regression_metrics(y, p)
+    assert again["r2"] == pytest.approx(m["r2"], abs=1e-4)
+    assert again["mae_km"] == pytest.approx(m["mae_km"], abs=1e-4)
+    for png in ("pred_vs_true.png", "residuals.png", "learning_curves.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_refuses_a_training_flight(trained):
+    tmp, shards, cfg = trained
+    with pytest.raises(DataError, match=r"30Oct24\.h5.*validation_flight 12Feb25"):
+        evaluate(shards["30Oct24"], tmp / "pre" / "model.pt", cfg, tmp / "bad")
+    assert not (tmp / "bad").exists()
+
+
+def test_cli_evaluate_picks_the_validation_shard(trained, capsys):
+    tmp, shards, cfg = trained
+    args = ["evaluate", "--shard", str(shards["30Oct24"]), "--shard", str(shards["12Feb25"])]
+    args += ["--checkpoint", str(tmp / "pre" / "model.pt"), "--out", str(tmp / "cli")]
+    args += ["--history", f"pretrain={tmp / 'pre' / 'history.json'}"]
+    for k, v in {"memory_optimized": "true", "temporal_frames": 3}.items():
+        args += ["--set", f"{k}={v}"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["flight"] == "12Feb25"

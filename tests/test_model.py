@@ -1,0 +1,100 @@
+import pytest
+import torch
+
+from cloudml.config import load_config
+from cloudml.model import (
+    CHECKPOINT_MIN_PIXELS,
+    CBHNet,
+    channel_widths,
+    configure_checkpointing,
+    encode_scalars,
+)
+
+
+def _mcfg(**kw):
+    return load_config("tuned", {"torch_compile": False, **kw}).model
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {},
+        {"memory_optimized": True},
+        {"use_multiscale_temporal": True},
+        {"use_temporal_attention": False, "use_spatial_attention": False},
+    ],
+)
+def test_output_shape_and_widths(kw):
+    cfg = _mcfg(**kw)
+    net = CBHNet(cfg, temporal_frames=4).eval()
+    y = net(torch.randn(3, 4, 12, 16), torch.randn(3, 3))
+    assert y.shape == (3,)
+    assert torch.isfinite(y).all()
+    c1, c2, c3 = channel_widths(cfg)
+    assert net.encoder.blocks[2].conv.out_channels == c3
+    assert (c1, c3) == ((32, 128) if kw.get("memory_optimized") else (64, 256))
+    assert net.head[0].out_features == (128 if kw.get("memory_optimized") else 256)
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_multiscale_temporal": True}])
+def test_batched_frames_equal_one_sample_at_a_time(kw):
+    """All frames of a batch go through one call; no sample leaks into another."""
+    torch.manual_seed(0)
+    net = CBHNet(_mcfg(memory_optimized=True, **kw), temporal_frames=3).eval()
+    x, s = torch.randn(5, 3, 8, 12), torch.randn(5, 3)
+    together = net(x, s)
+    alone = torch.cat([net(x[i : i + 1], s[i : i + 1]) for i in range(5)])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-5)
+
+
+def test_frame_order_matters_only_with_temporal_model():
+    torch.manual_seed(0)
+    x, s = torch.randn(2, 3, 8, 8), torch.randn(2, 3)
+    perm = x[:, [2, 0, 1]]
+    mean_net = CBHNet(_mcfg(memory_optimized=True, use_temporal_attention=False), 3).eval()
+    torch.testing.assert_close(mean_net(x, s), mean_net(perm, s), rtol=1e-5, atol=1e-6)
+    ms_net = CBHNet(_mcfg(memory_optimized=True, use_multiscale_temporal=True), 3).eval()
+    assert not torch.allclose(ms_net(x, s), ms_net(perm, s), atol=1e-6)
+
+
+def test_scalars_change_output_through_film():
+    torch.manual_seed(0)
+    net = CBHNet(_mcfg(memory_optimized=True), 2).eval()
+    torch.nn.init.normal_(net.encoder.film[2].weight)  # FiLM starts as identity; perturb it
+    x = torch.randn(2, 2, 8, 8)
+    assert not torch.allclose(net(x, torch.zeros(2, 3)), net(x, torch.ones(2, 3)))
+
+
+def test_gradient_checkpointing_gives_same_gradients():
+    torch.manual_seed(0)
+    net = CBHNet(_mcfg(memory_optimized=True), 2).train()
+    x, s = torch.randn(4, 2, 8, 8), torch.randn(4, 3)
+    grads = []
+    for use in (False, True):
+        net.use_checkpoint = use
+        net.zero_grad()
+        torch.manual_seed(1)  # same dropout masks
+        net(x, s).sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_checkpointing_only_where_frames_are_big():
+    net = CBHNet(_mcfg(memory_optimized=True), 2)
+    assert configure_checkpointing(net, (28, 40)) is False
+    assert configure_checkpointing(net, (128, CHECKPOINT_MIN_PIXELS // 128)) is True
+    off = CBHNet(_mcfg(memory_optimized=True, gradient_checkpointing=False), 2)
+    assert configure_checkpointing(off, (440, 640)) is False
+
+
+def test_encode_scalars_is_circular_in_saa_and_mirror_flips_sin():
+    sza = torch.tensor([40.0, 40.0, 40.0])
+    saa = torch.tensor([0.0, 360.0, 30.0])
+    e = encode_scalars(sza, saa, sza_mean=50.0, sza_std=5.0)
+    assert e.shape == (3, 3)
+    torch.testing.assert_close(e[0], e[1], atol=1e-6, rtol=0)
+    assert e[0, 0].item() == pytest.approx(-2.0)
+    m = encode_scalars(sza, torch.remainder(360.0 - saa, 360.0), 50.0, 5.0)
+    torch.testing.assert_close(m[:, 1], -e[:, 1], atol=1e-6, rtol=0)
+    torch.testing.assert_close(m[:, 2], e[:, 2], atol=1e-6, rtol=0)

@@ -1,0 +1,209 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from train_fixtures import fast_cfg, make_shard, write_shards
+
+import cloudml.train as train
+import cloudml.train_data as train_data
+from cloudml.cli import main
+from cloudml.config import load_config
+from cloudml.data.shard import write_shard
+from cloudml.errors import ConfigError
+from cloudml.evaluate import evaluate
+from cloudml.model import CBHNet
+from cloudml.train_ckpt import load_checkpoint, load_weights, model_from_checkpoint
+from cloudml.train_data import augment, batches, epoch_order, fit_scalers, time_split
+
+
+# --- pure helpers ---------------------------------------------------------------------------
+def test_lr_warmup_counts_optimizer_steps():
+    tc = load_config("tuned").train  # learning_rate 5e-4, warmup_steps 500
+    lrs = [train.lr_at(s, tc) for s in range(600)]
+    assert 0 < lrs[0] <= tc.learning_rate / 100
+    assert lrs[249] == pytest.approx(tc.learning_rate * 250 / 500)
+    assert np.all(np.diff(lrs[:500]) > 0)
+    assert lrs[499] == lrs[500] == lrs[599] == tc.learning_rate
+    tc0 = load_config("tuned", {"warmup_steps": 0}).train
+    assert train.lr_at(0, tc0) == tc0.learning_rate
+
+
+def test_losses_match_their_formulas():
+    p, y = torch.tensor([0.0, 0.5, 3.0]), torch.tensor([0.0, 0.0, 0.0])
+    huber = load_config("tuned").train
+    # delta 1: 0.5*e^2 inside, delta*(|e| - delta/2) outside
+    assert train.loss_fn(p, y, huber).item() == pytest.approx((0 + 0.125 + 2.5) / 3)
+    blend = load_config("tuned", {"loss_type": "mse_mae", "loss_alpha": 0.25}).train
+    mse, mae = (0 + 0.25 + 9) / 3, (0 + 0.5 + 3) / 3
+    assert train.loss_fn(p, y, blend).item() == pytest.approx(0.25 * mse + 0.75 * mae)
+
+
+def test_time_split_holds_out_the_latest_samples():
+    t = np.array([5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0, 4.0, 6.0, 0.0])
+    tr, va = time_split(t, 0.2)
+    assert sorted(t[va]) == [8.0, 9.0]
+    assert t[tr].max() < t[va].min()
+    assert len(tr) + len(va) == 10 and not set(tr) & set(va)
+
+
+def test_scalers_from_training_samples():
+    s = fit_scalers(np.array([1.0, 3.0]), np.array([40.0, 60.0]))
+    assert s == {"cbh_mean": 2.0, "cbh_std": 1.0, "sza_mean": 50.0, "sza_std": 10.0}
+
+
+def test_batches_drop_a_trailing_single_sample():
+    assert [len(b) for b in batches(torch.arange(41), 20)] == [20, 20]
+    assert [len(b) for b in batches(torch.arange(42), 20)] == [20, 20, 2]
+
+
+def test_weighted_order_draws_overweight_flight_factor_times_as_often():
+    w = np.r_[np.full(1000, 2.0), np.ones(1000)]
+    o = epoch_order(2000, w, torch.Generator().manual_seed(0)).numpy()
+    assert len(o) == 2000
+    heavy, light = (o < 1000).sum(), (o >= 1000).sum()
+    assert heavy / light == pytest.approx(2.0, rel=0.1)
+
+
+def test_augment_stays_float_and_mirror_maps_saa():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, 6, 7) * 3  # z-scored frames, far outside [0, 1]
+    saa = torch.full((64,), 30.0)
+    y, saa2 = augment(x, saa, g, jitter=0.0, p_erase=0.0, p_flip=0.5)
+    flipped = saa2 != saa
+    assert 5 < flipped.sum() < 59
+    assert torch.all(saa2[flipped] == 330.0)
+    torch.testing.assert_close(y[flipped], x[flipped].flip(-1), rtol=0, atol=0)  # columns
+    torch.testing.assert_close(y[~flipped], x[~flipped], rtol=0, atol=0)
+    # full augmentation: still float, still z-scored scale (no 8-bit wrap to [0, 1])
+    z, _ = augment(x, saa, torch.Generator().manual_seed(1))
+    assert z.dtype == torch.float32
+    assert z.min() < -3 and z.max() > 3
+    assert 0.7 < float(z.std() / x.std()) < 1.3
+
+
+# --- stages ---------------------------------------------------------------------------------
+def test_pretrain_outputs_checkpoint_and_warmup_steps(tmp_path):
+    shards = write_shards(tmp_path, ["30Oct24"])
+    cfg = fast_cfg(warmup_steps=10, epochs=2)
+    rows = []
+    s = train.pretrain(shards, cfg, tmp_path / "pre", on_epoch=rows.append)
+    assert {p.name for p in (tmp_path / "pre").iterdir()} == {
+        "model.pt",
+        "last.pt",
+        "history.json",
+        "summary.json",
+    }
+    assert (s["n_train"], s["n_val"], s["epochs_run"]) == (48, 12, 2)
+    steps_per_epoch = 3  # 48 samples / batch 16
+    hist = json.loads((tmp_path / "pre" / "history.json").read_text())
+    assert [r["epoch"] for r in hist] == [1, 2] == [r["epoch"] for r in rows]
+    assert set(rows[0]) == {"stage", "epoch", "train_loss", "val_loss", "val_r2", "lr", "seconds"}
+    # lr in use at the end of epoch 1 = warm-up value of its last optimizer step
+    assert hist[0]["lr"] == pytest.approx(train.lr_at(steps_per_epoch - 1, cfg.train))
+    assert hist[1]["lr"] == pytest.approx(cfg.train.learning_rate * 6 / 10)
+    ck = load_checkpoint(tmp_path / "pre" / "model.pt")
+    assert ck["stage"] == "pretrain" and ck["epoch"] == s["best_epoch"]
+    assert ck["config"]["learning_rate"] == cfg.train.learning_rate
+    assert ck["model_config"]["memory_optimized"] is True
+    assert set(ck["scalers"]) == {"cbh_mean", "cbh_std", "sza_mean", "sza_std"}
+    last = load_checkpoint(tmp_path / "pre" / "last.pt")
+    assert {"optimizer", "scheduler", "rng", "best_model", "state"} <= set(last)
+    assert last["state"]["global_step"] == 2 * steps_per_epoch
+    net = model_from_checkpoint(ck, "model.pt")
+    assert isinstance(net, CBHNet) and not net.training
+
+
+def test_loading_into_another_architecture_names_the_keys(tmp_path):
+    shards = write_shards(tmp_path, ["30Oct24"])
+    train.pretrain(shards, fast_cfg(epochs=1), tmp_path / "pre")
+    ck = load_checkpoint(tmp_path / "pre" / "model.pt")
+    big = CBHNet(load_config("tuned").model, 3)
+    with pytest.raises(ConfigError, match=r"shape: .*encoder\.blocks\.0\.conv\.weight"):
+        load_weights(big, ck["model"], "model.pt")
+    ms = CBHNet(
+        load_config("tuned", {"memory_optimized": True, "use_multiscale_temporal": True}).model, 3
+    )
+    with pytest.raises(
+        ConfigError, match=r"missing: .*temporal\.convs.*unexpected: .*temporal\.score"
+    ):
+        load_weights(ms, ck["model"], "model.pt")
+    with pytest.raises(ConfigError, match="weights do not fit this architecture"):
+        train.finetune(
+            shards, fast_cfg(memory_optimized=False), tmp_path / "pre" / "model.pt", tmp_path / "ft"
+        )
+
+
+def test_early_stopping_keeps_best_epoch(tmp_path):
+    shards = write_shards(tmp_path, ["30Oct24"])
+    cfg = fast_cfg(epochs=10, early_stopping_patience=2, early_stopping_min_delta=100.0)
+    s = train.pretrain(shards, cfg, tmp_path / "pre")
+    # no epoch can improve by 100: epoch 1 is best, stop after patience epochs more
+    assert (s["best_epoch"], s["epochs_run"], s["stopped_early"]) == (1, 3, True)
+    ck = load_checkpoint(tmp_path / "pre" / "model.pt")
+    assert ck["epoch"] == 1 and ck["best_val_loss"] == pytest.approx(s["best_val_loss"])
+
+
+def test_finetune_never_batches_the_validation_flight(tmp_path, monkeypatch):
+    flights = ["30Oct24", "04Nov24", "12Feb25"]
+    shards = write_shards(tmp_path, flights)
+    cfg = fast_cfg(epochs=2, overweight_factor=3.0)
+    train.pretrain(shards, cfg, tmp_path / "pre")
+    seen, read = [], []
+    real_gather, real_read = train.gather_batch, train_data.read_shard
+    monkeypatch.setattr(
+        train,
+        "gather_batch",
+        lambda pool, idx: seen.extend(pool.sample_ids(idx)) or real_gather(pool, idx),
+    )
+    monkeypatch.setattr(train_data, "read_shard", lambda p: read.append(p) or real_read(p))
+    s = train.finetune(shards, cfg, tmp_path / "pre" / "model.pt", tmp_path / "ft")
+    assert s["flights"] == ["30Oct24", "04Nov24"]
+    assert read == [shards["30Oct24"], shards["04Nov24"]]
+    assert {f for f, _ in seen} == {"30Oct24", "04Nov24"}
+    # model selection used the latest 20% of each training flight (samples 48..59)
+    assert {i for f, i in seen if f == "04Nov24" and i >= 48} == set(range(48, 60))
+    assert (s["n_train"], s["n_val"]) == (96, 24)
+
+
+def _shard_file(path, flight, n, seed, shuffle):
+    s = make_shard(flight, n=n, seed=seed)
+    if shuffle:  # labels permuted across samples: no frame says anything about its label
+        s.cbh_km = np.random.default_rng(seed + 100).permutation(s.cbh_km)
+    return write_shard(path, s)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shuffled_labels_score_nothing_on_held_out_data(tmp_path, shuffle):
+    """Honesty check: the same small run learns real labels (R² > 0.5 on a held-out flight)
+    and scores nothing (R² <= 0.05) when training and held-out labels are shuffled."""
+    pre = _shard_file(tmp_path / "30Oct24.h5", "30Oct24", 160, 0, shuffle)
+    val = _shard_file(tmp_path / "12Feb25.h5", "12Feb25", 80, 5, shuffle)
+    cfg = fast_cfg(epochs=6)
+    train.pretrain({"30Oct24": pre}, cfg, tmp_path / "pre")
+    m = evaluate(val, tmp_path / "pre" / "model.pt", cfg, tmp_path / "ev")
+    if shuffle:
+        assert m["r2"] <= 0.05
+    else:
+        assert m["r2"] > 0.5
+
+
+def test_cli_pretrain(tmp_path, capsys):
+    shards = write_shards(tmp_path, ["30Oct24"])
+    rc = main(
+        ["pretrain", "--shard", str(shards["30Oct24"]), "--out", str(tmp_path / "o")]
+        + sum((["--set", f"{k}={v}"] for k, v in {"epochs": 1, **_fast_overrides()}.items()), [])
+    )
+    assert rc == 0
+    assert json.loads(capsys.readouterr().out)["epochs_run"] == 1
+    # re-running a finished stage returns at once, and other settings in the same out_dir fail
+    assert main(["pretrain", "--shard", str(shards["30Oct24"]), "--out", str(tmp_path / "o")]) == 2
+    assert "different settings" in capsys.readouterr().err
+
+
+def _fast_overrides():
+    from train_fixtures import FAST
+
+    return {
+        k: str(v).lower() if isinstance(v, bool) else v for k, v in FAST.items() if k != "epochs"
+    }
