@@ -194,3 +194,17 @@ def test_cli_scale_flag_overrides_config(tmp_path, capsys):
     assert s.config["scale"] == "local" and s.config["zscore_normalize"] is False
     assert s.frame_shape == (27, 40)
     assert s.frame_table.min() >= 0.0 and s.frame_table.max() <= 1.0  # CLAHE range, no z-score
+
+
+def test_synthetic_flight_end_to_end(tmp_path):
+    synth = pytest.importorskip("cloudml.data.synth")
+    synth.write_flight(tmp_path / "raw", "12Feb25", seed=0, frame_size=(32, 40))
+    cfg = load_config("tuned", {"scale": "local"})
+    s = ingest_flight(tmp_path / "raw", "12Feb25", tmp_path / "12Feb25.h5", cfg)
+    shard = read_shard(tmp_path / "12Feb25.h5")
+    assert s["n_samples"] == len(shard) > 50
+    assert s["n_samples"] + sum(s["dropped"].values()) == s["n_profiles"]
+    assert shard.cbh_km.min() >= 0.1 and shard.cbh_km.max() <= 2.0
+    assert np.abs(shard.dt_match_s).max() <= 0.5
+    assert (shard.saa_deg >= 0).all() and (shard.saa_deg < 360).all()
+    assert np.all(np.diff(shard.frame_index, axis=1) == 1)  # consecutive frames per window
