@@ -167,12 +167,13 @@ def _host_port(endpoint: str) -> tuple[str, int | None]:
     return parsed.hostname or "", parsed.port
 
 
-def _points_at(endpoint: str, service: str, port: int) -> bool:
+def _points_at(endpoint: str, service: str, port: int, namespace: str = platform.NAMESPACE) -> bool:
+    """host:port names `service` in `namespace` (short name, or service.namespace[.svc...])."""
     host, p = _host_port(endpoint)
     return (
         p == port
         and host.split(".")[0] == service
-        and ("." not in host or host.split(".")[1] == platform.NAMESPACE)
+        and ("." not in host or host.split(".")[1] == namespace)
     )
 
 
@@ -263,8 +264,9 @@ def platform_problems(docs: list[dict[str, Any]]) -> list[str]:
     return problems
 
 
-def launcher_problems(cm: dict[str, Any] | None) -> list[str]:
-    """The kfp-launcher ConfigMap must send s3:// artifacts to our MinIO with our Secret."""
+def launcher_problems(cm: dict[str, Any] | None, namespace: str = platform.NAMESPACE) -> list[str]:
+    """The kfp-launcher ConfigMap must send s3:// artifacts to our MinIO (in `namespace`)
+    with our Secret."""
     p = platform
     name = f"ConfigMap {p.KFP_LAUNCHER_CONFIGMAP}"
     if cm is None:
@@ -278,7 +280,7 @@ def launcher_problems(cm: dict[str, Any] | None) -> list[str]:
         default = yaml.safe_load(data.get("providers", "")).get("s3", {}).get("default", {})
     except (yaml.YAMLError, AttributeError) as e:
         return problems + [f"{name} providers is not a YAML mapping with s3.default: {e}"]
-    if not _points_at(str(default.get("endpoint", "")), p.MINIO_SERVICE, p.MINIO_PORT):
+    if not _points_at(str(default.get("endpoint", "")), p.MINIO_SERVICE, p.MINIO_PORT, namespace):
         problems.append(f"{name} providers.s3.default.endpoint={default.get('endpoint')!r}")
     if default.get("disableSSL") is not True or default.get("forcePathStyle") is not True:
         problems.append(f"{name} providers.s3.default needs disableSSL: true, forcePathStyle: true")

@@ -148,7 +148,7 @@ def check_launcher(cm: dict[str, Any] | None, namespace: str) -> Check:
     name = f"ConfigMap {namespace}/{platform.KFP_LAUNCHER_CONFIGMAP}"
     if cm is None:
         return Check("KFP launcher config", False, f"{name} not found", APPLY_HINT)
-    problems = launcher_problems(cm)
+    problems = launcher_problems(cm, namespace)
     if problems:
         return Check("KFP launcher config", False, "; ".join(problems), APPLY_HINT)
     return Check(

@@ -75,12 +75,16 @@ def scenario(name: str, namespace: str = platform.NAMESPACE) -> dict[str, Any]:
         _node("gpu-2", label, taint, 0 if name == "no-gpus" else 2),
     ]
     ns = f"/api/v1/namespaces/{namespace}"
+    # an overlay re-targeted to another namespace names its MinIO there (docs/deploy.md)
+    launcher = _base_configmap(platform.KFP_LAUNCHER_CONFIGMAP)
+    launcher["data"]["providers"] = launcher["data"]["providers"].replace(
+        f"{platform.MINIO_SERVICE}.{platform.NAMESPACE}.svc",
+        f"{platform.MINIO_SERVICE}.{namespace}.svc",
+    )
     routes: dict[str, Any] = {
         "/version": {"major": "1", "minor": "30", "gitVersion": "v1.30.4"},
         "/api/v1/nodes": {"kind": "NodeList", "apiVersion": "v1", "items": nodes},
-        f"{ns}/configmaps/{platform.KFP_LAUNCHER_CONFIGMAP}": _base_configmap(
-            platform.KFP_LAUNCHER_CONFIGMAP
-        ),
+        f"{ns}/configmaps/{platform.KFP_LAUNCHER_CONFIGMAP}": launcher,
         f"{ns}/configmaps/{platform.SETTINGS_CONFIGMAP}": _base_configmap(
             platform.SETTINGS_CONFIGMAP
         ),

@@ -138,3 +138,16 @@ def test_launcher_with_wrong_endpoint_fails() -> None:
     cm["data"]["providers"] = cm["data"]["providers"].replace(":9000", ":9001")
     check = preflight.check_launcher(cm, platform.NAMESPACE)
     assert not check.ok and "endpoint" in check.detail
+
+
+def test_launcher_endpoint_must_be_in_the_checked_namespace() -> None:
+    """Standalone KFP: the overlay re-targeted to `kubeflow` names minio.kubeflow.svc."""
+    cm = scenario("healthy")[
+        f"/api/v1/namespaces/{platform.NAMESPACE}/configmaps/{platform.KFP_LAUNCHER_CONFIGMAP}"
+    ]
+    cm["data"]["providers"] = cm["data"]["providers"].replace(
+        "minio.cloudml.svc", "minio.kubeflow.svc"
+    )
+    assert preflight.check_launcher(cm, "kubeflow").ok
+    check = preflight.check_launcher(cm, platform.NAMESPACE)
+    assert not check.ok and "minio.kubeflow.svc" in check.detail
