@@ -1,0 +1,190 @@
+"""Benchmark helpers: statistics, FLOP counting, table rendering, and that the research-style
+reread loader and the production loader deliver the same sample tensors."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import loader_bench  # noqa: E402
+import mfu  # noqa: E402
+import run as bench_run  # noqa: E402
+
+from cloudml.config import load_config  # noqa: E402
+from cloudml.data.ingest import ingest_flight  # noqa: E402
+from cloudml.data.shard import read_shard  # noqa: E402
+from cloudml.train import gather_batch  # noqa: E402
+from cloudml.train_data import load_pool  # noqa: E402
+from tests.rawfiles import flight_arrays, write_flight  # noqa: E402
+
+
+# --- statistics ------------------------------------------------------------------------------
+def test_summarize_median_and_spread():
+    s = common.summarize([3.0, 1.0, 10.0, 2.0])
+    assert (s["median"], s["min"], s["max"], s["n"]) == (2.5, 1.0, 10.0, 4)
+    assert s["runs"] == [3.0, 1.0, 10.0, 2.0]
+    assert common.summarize([7])["median"] == 7.0
+    with pytest.raises(ValueError):
+        common.summarize([])
+
+
+def test_ratio_figure_pairs_runs_by_repeat():
+    fig = common.ratio_figure([100.0, 80.0], [5.0, 2.0], "x", "cmd")
+    assert fig["runs"] == [20.0, 40.0]
+    assert (fig["median"], fig["min"], fig["max"]) == (30.0, 20.0, 40.0)
+    with pytest.raises(ValueError):
+        common.ratio_figure([1.0], [1.0, 2.0], "x", "cmd")
+
+
+def test_extrapolate_rss_is_linear_in_batch():
+    assert bench_run.extrapolate_rss(2, 3.0, 4, 5.0, 20) == pytest.approx(21.0)
+    with pytest.raises(ValueError):
+        bench_run.extrapolate_rss(2, 1.0, 2, 1.0, 20)
+
+
+def test_machine_text_parsers():
+    assert common.cpu_model("processor\t: 0\nmodel name\t: AMD EPYC 7B13\n") == "AMD EPYC 7B13"
+    assert common.cpu_model("") == "unknown"
+    assert common.allocator_name({}) == "glibc malloc"
+    env = common.jemalloc_env({"PATH": "/bin"})
+    assert "jemalloc" in common.allocator_name(env)
+    assert "LD_PRELOAD" not in common.glibc_env(env) and env["PATH"] == "/bin"
+
+
+def test_last_json_line_and_stage_seconds():
+    text = 'progress\n{"a": 1}\nnoise {\n{"b": 2}\ntrailing\n'
+    assert bench_run.last_json_line(text) == {"b": 2}
+    with pytest.raises(ValueError):
+        bench_run.last_json_line("no json here")
+    assert bench_run.stage_seconds({"seconds": {"ingest": 1, "total": 2.5}}) == {
+        "ingest": 1.0,
+        "total": 2.5,
+    }
+    with pytest.raises(ValueError):
+        bench_run.stage_seconds({"r2": 0.4})
+    with pytest.raises(SystemExit):
+        bench_run.parse_only("ingest,gpu")
+    assert bench_run.parse_only("train, loader") == ["train", "loader"]
+
+
+# --- FLOPs -----------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "overrides",
+    [{}, {"memory_optimized": True}, {"use_spatial_attention": False},
+     {"use_temporal_attention": False}],
+)  # fmt: skip
+def test_flop_counter_matches_analytic_count(overrides):
+    cfg = load_config("tuned", overrides).model
+    for frames, h, w in ((5, 27, 40), (3, 16, 24)):
+        counted = mfu.counted_forward_flops(cfg, frames, h, w)
+        assert counted == mfu.analytic_forward_flops(cfg, frames, h, w)
+    assert mfu.train_flops_per_sample(counted) == 3 * counted
+
+
+def test_conv_flops_and_mfu():
+    # one 3x3 conv 1->64 over 10x10: 64*9 MACs per pixel, 2 FLOPs each
+    assert mfu.conv2d_flops(1, 64, 3, 10, 10) == 2 * 64 * 9 * 100
+    assert mfu.mfu(2.0, 50e9, 200e9) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        mfu.mfu(1.0, 1.0, 0.0)
+    assert mfu.parse_size("full") == (440, 640) and mfu.parse_size("12x34") == (12, 34)
+    with pytest.raises(ValueError):
+        mfu.parse_size("big")
+
+
+# --- rendering -------------------------------------------------------------------------------
+def test_fmt_figure_and_not_measured():
+    fig = common.figure([10.0, 12.5, 11.0], "s", "make test")
+    assert common.fmt_figure(fig) == ("11", "10–12.5", "3")
+    assert common.fmt_figure(common.figure([0.31], "fraction", "c"), 100.0) == (
+        "31",
+        "(1 run)",
+        "1",
+    )
+    assert common.fmt_figure(None) == (common.NOT_MEASURED, "", "")
+    table = common.markdown_table([["a|b", "1"]], ("k", "v"))
+    assert table.splitlines() == ["| k | v |", "|---|---|", "| a\\|b | 1 |"]
+
+
+def test_render_doc_fills_measured_and_marks_missing():
+    loader = bench_run.loader_figures(
+        {
+            "production_samples_per_s": [400.0, 420.0, 380.0],
+            "reread_samples_per_s": [8.0, 10.0, 9.5],
+            "n_samples": 545, "frame_shape": [440, 640], "temporal_frames": 5, "batch": 20,
+            "reread_batches": 3,
+        },
+        "bench/loader_bench.py --repeats 3",
+    )  # fmt: skip
+    results = {"machine": {"cpu_model": "Test CPU", "cores": 2}, "sections": {"loader": loader}}
+    results.update(bench_run.headline(results))
+    assert results["loader_speedup_vs_reread"]["runs"] == [50.0, 42.0, 40.0]
+    assert results["make_test_wall_s"] is None and results["train_full_cpu_mfu"] is None
+    doc = common.render_doc(results)
+    speed_row = next(r for r in doc.splitlines() if r.startswith("| speedup"))
+    assert "| 42 | 40–50 | 3 | >= 20x: met |" in speed_row
+    make_test_row = next(r for r in doc.splitlines() if r.startswith("| make test"))
+    assert common.NOT_MEASURED in make_test_row
+    assert "not measured (no GPU lent)" in doc and "Test CPU" in doc
+
+
+def test_ingest_figures_from_ingest_bench_json():
+    ing = {
+        "source": "random",
+        "full": {"runs_s": [20.0, 25.0, 10.0], "n_raw_frames": 700, "share": {"clahe": 0.7}},
+    }
+    res = bench_run.ingest_figures(ing, "bench/ingest_bench.py")
+    assert res["flight_full_frames_per_s"]["runs"] == [35.0, 28.0, 70.0]
+    assert res["flight_full_frames_per_s"]["median"] == 35.0
+    assert "flight_local_s" not in res
+
+
+# --- loaders ---------------------------------------------------------------------------------
+def test_reread_loader_gives_production_tensors(tmp_path):
+    """Same indices -> the same (T, H, W) tensors from the shard and from the raw file."""
+    arrays = flight_arrays(n_frames=40, rows=64, cols=80, seed=3)
+    arrays["signal"][:, :, :] += np.arange(80, dtype=np.uint16)[None, None, :]  # striping
+    raw_dir = tmp_path / "raw"
+    write_flight(raw_dir, "30Oct24", arrays)
+    cfg = load_config("tuned", {"scale": "full"})
+    shard_path = tmp_path / "30Oct24.h5"
+    ingest_flight(raw_dir, "30Oct24", shard_path, cfg)
+    shard = read_shard(shard_path)
+    pool = load_pool({"30Oct24": shard_path}, ["30Oct24"], 5)
+    ds = loader_bench.reread_dataset(raw_dir, "30Oct24", shard, cfg)
+
+    assert len(ds) == len(pool) > 20
+    # the time-derived raw windows are consecutive frames around the matched frame
+    assert (np.diff(ds.windows, axis=1) == 1).all()
+    idx = np.array([0, 7, len(pool) - 1])
+    prod = gather_batch(pool, idx)  # (3, T, H, W)
+    reread = torch.stack([ds[int(i)] for i in idx])
+    assert prod.shape == reread.shape == (3, 5, *shard.frame_shape)
+    assert torch.equal(reread, prod)  # bit for bit: same arithmetic in the same order
+    # and it is not trivially equal: different samples differ
+    assert not torch.equal(reread[0], reread[1])
+
+
+def test_loader_batches_count_samples(tmp_path):
+    arrays = flight_arrays(n_frames=30, rows=32, cols=40, seed=1)
+    raw_dir = tmp_path / "raw"
+    write_flight(raw_dir, "30Oct24", arrays)
+    cfg = load_config("tuned", {"scale": "full"})
+    ingest_flight(raw_dir, "30Oct24", tmp_path / "s.h5", cfg)
+    pool = load_pool({"30Oct24": tmp_path / "s.h5"}, ["30Oct24"], 5)
+    ds = loader_bench.reread_dataset(raw_dir, "30Oct24", read_shard(tmp_path / "s.h5"), cfg)
+    sc = {"sza_mean": 45.0, "sza_std": 10.0, "cbh_mean": 1.0, "cbh_std": 0.5}
+    n = len(pool)
+    assert n >= 8
+    expect = n - 1 if n % 4 == 1 else n  # a trailing batch of one is dropped (BatchNorm)
+    assert loader_bench.production_batches(pool, sc, 4, None) == expect
+    assert loader_bench.production_batches(pool, sc, 4, 2) == 8
+    assert loader_bench.reread_batches(ds, pool, sc, 4, 1) == 4
