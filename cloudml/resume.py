@@ -1,0 +1,250 @@
+"""Resume after preemption: training state synced to the artifact store, finished shards reused.
+
+A KFP retry after a lost node runs the task again on a NEW pod whose local disk is empty, so the
+stages' own resume (out_dir/last.pt) has nothing to resume from. Here a stage's state follows it
+into the store after every epoch and is brought back before the stage starts:
+
+    prefix = state_prefix("tuned", run_id, "pretrain")     # runs/tuned/<run id>/pretrain/state
+    restore_stage_state(store, prefix, out_dir)            # download + verify, if any
+    pretrain(shards, cfg, out_dir, on_epoch=sync_on_epoch(store, prefix, out_dir, log_epoch))
+
+Store layout under `prefix`: every save uploads last.pt, model.pt and history.json under a fresh
+`e<epoch>-<token>/` folder (never overwritten), then one PUT of `state.json` naming those keys
+with their sha256 and size. state.json is the only mutable object and a single PUT is atomic, so
+a reader sees either the previous complete state or the new one; superseded folders are deleted
+afterwards. A restored file whose sha256 differs from state.json is refused.
+
+Ingest: `shard_is_current` says whether an existing shard was made from the same raw files
+(sha256) with the same preprocessing settings, so a retried ingest redoes only unfinished flights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cloudml.errors import CloudMLError, StorageError
+from cloudml.fileio import sha256_file
+from cloudml.storage import Store, run_prefix
+
+log = logging.getLogger(__name__)
+
+STATE_NAME = "state.json"
+STATE_VERSION = 1
+# last.pt is the resume point; model.pt holds the best weights so far (only rewritten on a
+# better epoch, so it must travel too); history.json is what the report reads.
+STATE_FILES = ("history.json", "model.pt", "last.pt")  # restore order: last.pt goes last
+
+
+def state_prefix(pipeline: str, run_id: str, stage: str) -> str:
+    """runs/<pipeline>/<run id>/<stage>/state: one run's one stage (run ids never collide)."""
+    return f"{run_prefix(pipeline, run_id)}/{stage}/state"
+
+
+def _state_key(prefix: str) -> str:
+    return f"{prefix.strip('/')}/{STATE_NAME}"
+
+
+def _history_epoch(out_dir: Path) -> int:
+    """Last epoch recorded in out_dir/history.json (0 when there is none)."""
+    p = out_dir / "history.json"
+    if not p.is_file():
+        return 0
+    rows = json.loads(p.read_text())
+    return int(rows[-1]["epoch"]) if rows else 0
+
+
+def read_state(store: Store, prefix: str) -> dict[str, Any] | None:
+    """The stored state document, or None when this stage never saved one."""
+    key = _state_key(prefix)
+    if not store.exists(key):
+        return None
+    try:
+        doc = json.loads(store.get_bytes(key))
+        for name, entry in doc["objects"].items():
+            if name not in STATE_FILES or not isinstance(entry["sha256"], str):
+                raise ValueError(name)
+        int(doc["epoch"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise StorageError(
+            f"{store.describe(key)}: malformed stage state ({e!r}); expected "
+            '{"epoch": N, "objects": {name: {"key", "sha256", "size"}}}'
+        ) from None
+    return doc
+
+
+def save_stage_state(store: Store, prefix: str, out_dir: str | Path) -> dict[str, Any] | None:
+    """Upload out_dir's resume state under `prefix`; returns the published state.json document.
+
+    Objects first (fresh keys), then state.json in one PUT, then old folders are removed.
+    None when out_dir holds no last.pt yet.
+    """
+    out_dir = Path(out_dir)
+    prefix = prefix.strip("/")
+    present = [n for n in STATE_FILES if (out_dir / n).is_file()]
+    if "last.pt" not in present:
+        return None
+    epoch = _history_epoch(out_dir)
+    folder = f"e{epoch:04d}-{secrets.token_hex(4)}"
+    objects: dict[str, dict[str, Any]] = {}
+    for name in present:
+        path = out_dir / name
+        # hash what is uploaded: the stage is paused inside on_epoch, nothing rewrites the file
+        objects[name] = {
+            "key": f"{folder}/{name}",
+            "sha256": sha256_file(path),
+            "size": path.stat().st_size,
+        }
+        store.put_file(f"{prefix}/{folder}/{name}", path)
+    doc = {
+        "version": STATE_VERSION,
+        "epoch": epoch,
+        "objects": objects,
+        "saved_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    store.put_bytes(_state_key(prefix), json.dumps(doc, indent=1, sort_keys=True).encode())
+    for key in store.list(f"{prefix}/"):  # superseded folders: best effort
+        rel = key[len(prefix) + 1 :]
+        if rel != STATE_NAME and not rel.startswith(f"{folder}/"):
+            try:
+                store.delete(key)
+            except StorageError as e:
+                log.warning("stage state: could not delete superseded %s (%s)", key, e)
+    log.info("stage state: epoch %d saved to %s", epoch, store.describe(prefix))
+    return doc
+
+
+def _local_epoch(out_dir: Path) -> int:
+    """Epoch of out_dir/last.pt (0 when absent)."""
+    last = out_dir / "last.pt"
+    if not last.is_file():
+        return 0
+    from cloudml.train_ckpt import load_checkpoint  # torch only where a checkpoint exists
+
+    return int(load_checkpoint(last)["state"]["epoch"])
+
+
+def restore_stage_state(store: Store, prefix: str, out_dir: str | Path) -> int:
+    """Bring the stored state of a stage into out_dir; returns the epoch now there (0: fresh).
+
+    A local last.pt at the same or a later epoch is kept (same pod, store behind). Every file is
+    downloaded beside its destination, checked against state.json's sha256 and size, and only
+    then renamed into place, last.pt last: a failure or a tampered object leaves out_dir as it was.
+    """
+    out_dir = Path(out_dir)
+    prefix = prefix.strip("/")
+    doc = read_state(store, prefix)
+    local = _local_epoch(out_dir)
+    if doc is None:
+        log.info("stage state: none at %s; starting at epoch %d", store.describe(prefix), local)
+        return local
+    if local >= int(doc["epoch"]):
+        log.info("stage state: local last.pt (epoch %d) is not behind the store", local)
+        return local
+    out_dir.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name in STATE_FILES:
+            entry = doc["objects"].get(name)
+            if entry is None:
+                continue
+            key = f"{prefix}/{entry['key']}"
+            tmp = out_dir / f".{name}.restore.tmp"
+            store.get_file(key, tmp)
+            got = sha256_file(tmp)
+            if got != entry["sha256"] or tmp.stat().st_size != entry["size"]:
+                raise StorageError(
+                    f"stage state {store.describe(key)}: sha256 {got} ({tmp.stat().st_size} "
+                    f"bytes) does not match {STATE_NAME} ({entry['sha256']}, {entry['size']} "
+                    "bytes); refusing a tampered or corrupted checkpoint"
+                )
+            staged.append((tmp, out_dir / name))
+        for tmp, dest in staged:  # STATE_FILES order: last.pt is renamed last
+            os.replace(tmp, dest)
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
+        for name in STATE_FILES:
+            (out_dir / f".{name}.restore.tmp").unlink(missing_ok=True)
+    log.info("stage state: restored epoch %d from %s", doc["epoch"], store.describe(prefix))
+    return int(doc["epoch"])
+
+
+def sync_on_epoch(
+    store: Store,
+    prefix: str,
+    out_dir: str | Path,
+    inner: Callable[[dict], None] | None = None,
+    strict: bool = False,
+) -> Callable[[dict], None]:
+    """An on_epoch callback: save the stage state (train.fit writes last.pt before calling it),
+    then call `inner`. A store outage costs only the sync (one warning) unless `strict`."""
+
+    def on_epoch(rec: dict) -> None:
+        try:
+            save_stage_state(store, prefix, out_dir)
+        except CloudMLError as e:
+            if strict:
+                raise
+            log.warning("stage state: epoch %s not saved to the store: %s", rec.get("epoch"), e)
+        if inner is not None:
+            inner(rec)
+
+    return on_epoch
+
+
+# --- ingest -----------------------------------------------------------------------------------
+# settings that decide a shard's content and come from the config alone
+_SHARD_KEYS = (
+    "temporal_frames", "swath_slice", "flat_field_correction", "clahe_clip_limit",
+    "zscore_normalize", "filter_type", "cbh_range_km", "scale",
+)  # fmt: skip
+
+
+def shard_is_current(shard_path: str | Path, raw_dir: str | Path, flight: str, cfg: Any) -> bool:
+    """True when `shard_path` is a complete shard of `flight` made from the raw files now in
+    raw_dir (same sha256) with cfg's preprocessing settings; reading attributes only."""
+    import h5py
+
+    from cloudml.data.ingest import preprocessing_settings, resolve_files
+
+    shard_path = Path(shard_path)
+    if not shard_path.is_file():
+        return False
+    try:
+        with h5py.File(shard_path, "r") as f:
+            if str(f.attrs.get("flight", "")) != flight or "frame_table" not in f:
+                return False
+            stored_cfg = json.loads(f.attrs.get("config", "{}"))
+            stored_sha = json.loads(f.attrs.get("raw_sha256", "{}"))
+    except (OSError, ValueError):
+        return False  # unreadable: ingest again (write_shard replaces it atomically)
+    want = preprocessing_settings(cfg, 1, (0, 0))
+    if any(stored_cfg.get(k) != want[k] for k in _SHARD_KEYS):
+        return False
+    try:
+        files = resolve_files(Path(raw_dir), flight)
+    except CloudMLError:
+        return False
+    return stored_sha == {p.name: sha256_file(p) for p in files}
+
+
+def ingest_or_reuse(raw_dir: Path, flight: str, out_path: Path, cfg: Any) -> dict[str, Any]:
+    """ingest_flight unless a current shard is already at out_path (a retried task)."""
+    import h5py
+
+    from cloudml.data.ingest import ingest_flight
+
+    if shard_is_current(out_path, raw_dir, flight, cfg):
+        with h5py.File(out_path, "r") as f:
+            summary = json.loads(f.attrs.get("summary", "{}"))
+        summary.update(out_path=str(out_path), reused=True)
+        log.info("ingest %s: reusing finished shard %s", flight, out_path)
+        return summary
+    return ingest_flight(Path(raw_dir), flight, Path(out_path), cfg)

@@ -1,0 +1,229 @@
+"""Preemption: a training task SIGKILLed mid-run and retried on a NEW pod (empty local disk)
+resumes from the state it synced to the artifact store and ends exactly where an uninterrupted
+run ends; a retried ingest redoes only the unfinished flights."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from rawfiles import flight_arrays, write_flight
+from train_fixtures import FAST, write_shards
+
+from cloudml.config import load_config
+from cloudml.data import ingest
+from cloudml.errors import StorageError
+from cloudml.resume import (
+    ingest_or_reuse,
+    read_state,
+    restore_stage_state,
+    save_stage_state,
+    shard_is_current,
+    state_prefix,
+    sync_on_epoch,
+)
+from cloudml.storage import LocalStore, S3Store, open_store
+from cloudml.train_ckpt import load_checkpoint
+from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+
+SETTINGS = {**FAST, "epochs": 5, "warmup_steps": 6, "early_stopping_patience": 50}
+PREFIX = state_prefix("tuned", "run-1", "pretrain")
+
+# One "pod": restore from the store, then pretrain with the per-epoch sync. After epoch 2 it
+# drops a marker so the test can SIGKILL it while epoch 3 runs.
+POD = """
+import json, logging, sys
+from pathlib import Path
+from cloudml.config import load_config
+from cloudml.resume import restore_stage_state, sync_on_epoch
+from cloudml.storage import open_store
+from cloudml.train import pretrain
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+uri, prefix, shard, out, marker, settings = sys.argv[1:7]
+store = open_store(uri)
+out = Path(out)
+print("restored epoch", restore_stage_state(store, prefix, out), flush=True)
+def mark(rec):
+    if rec["epoch"] == 2 and marker != "-":
+        Path(marker).write_text("2")
+cfg = load_config("tuned", json.loads(settings))
+pretrain({"30Oct24": Path(shard)}, cfg, out, on_epoch=sync_on_epoch(store, prefix, out, mark))
+"""
+
+
+def _pod(uri, shard, out, marker, env):
+    cmd = [sys.executable, "-c", POD, uri, PREFIX, str(shard), str(out), str(marker)]
+    cmd.append(json.dumps(SETTINGS))
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+
+
+def _strip(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The shard and one uninterrupted run (no store) to compare against."""
+    root = tmp_path_factory.mktemp("preempt-ref")
+    shard = write_shards(root, ["30Oct24"], n=64, h=12, w=16)["30Oct24"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = _pod(str(root / "unused-store"), shard, root / "ref", "-", env)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out.decode()[-3000:]
+    return shard, root / "ref"
+
+
+def _kill_after_epoch_2_then_resume(uri, store, shard, tmp_path, env):
+    marker = tmp_path / "epoch2"
+    pod1 = tmp_path / "pod1"
+    proc = _pod(uri, shard, pod1, marker, env)
+    try:
+        deadline = time.monotonic() + 90
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "no epoch 2 within 90 s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)  # the node is gone: no cleanup, no flush
+    finally:
+        proc.wait(timeout=30)
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    saved = read_state(store, PREFIX)
+    assert saved is not None and 2 <= saved["epoch"] < SETTINGS["epochs"]
+
+    pod2 = tmp_path / "pod2"  # the retry runs on a new pod: nothing on its disk
+    assert not pod2.exists()
+    proc = _pod(uri, shard, pod2, "-", env)
+    out, _ = proc.communicate(timeout=120)
+    text = out.decode()
+    assert proc.returncode == 0, text[-3000:]
+    assert f"restored epoch {saved['epoch']}" in text
+    assert f"resuming from {pod2 / 'last.pt'} after epoch {saved['epoch']}" in text
+    return pod2
+
+
+def _assert_same_run(ref, out):
+    a = json.loads((ref / "history.json").read_text())
+    b = json.loads((out / "history.json").read_text())
+    assert len(a) == len(b) == SETTINGS["epochs"]
+    for ra, rb in zip(_strip(a), _strip(b), strict=True):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["epoch"], k)
+    sa = json.loads((ref / "summary.json").read_text())
+    sb = json.loads((out / "summary.json").read_text())
+    assert (sa["best_epoch"], sa["global_steps"]) == (sb["best_epoch"], sb["global_steps"])
+    wa = load_checkpoint(ref / "model.pt")["model"]
+    wb = load_checkpoint(out / "model.pt")["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_preempted_pretrain_resumes_from_local_store_on_new_pod(reference, tmp_path):
+    shard, ref = reference
+    store_dir = tmp_path / "store"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    out = _kill_after_epoch_2_then_resume(
+        str(store_dir), LocalStore(store_dir), shard, tmp_path, env
+    )
+    _assert_same_run(ref, out)
+    final = read_state(LocalStore(store_dir), PREFIX)
+    assert final["epoch"] == SETTINGS["epochs"]
+    # superseded epoch folders were removed: state.json + one folder of STATE_FILES
+    assert len(LocalStore(store_dir).list(PREFIX + "/")) == 1 + len(final["objects"])
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_preempted_pretrain_resumes_from_seaweedfs_on_new_pod(reference, s3_server, tmp_path):
+    shard, ref = reference
+    S3Store(s3_server.endpoint, "t-preempt", access_key=S3_ACCESS_KEY,
+            secret_key=S3_SECRET_KEY).ensure_bucket()  # fmt: skip
+    env = {**os.environ, **s3_server.env(), "PYTHONUNBUFFERED": "1"}
+    store = S3Store(
+        s3_server.endpoint, "t-preempt", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY
+    )
+    out = _kill_after_epoch_2_then_resume("s3://t-preempt", store, shard, tmp_path, env)
+    _assert_same_run(ref, out)
+
+
+# --- state sync units (no training) -----------------------------------------------------------
+def _fake_stage(out, epoch):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "history.json").write_text(json.dumps([{"epoch": e} for e in range(1, epoch + 1)]))
+    torch.save({"state": {"epoch": epoch}, "model": {}, "model_config": {}, "temporal_frames": 3,
+                "scalers": {}, "stage": "pretrain"}, out / "last.pt")  # fmt: skip
+    (out / "model.pt").write_bytes(b"best weights %d" % epoch)
+
+
+def test_restore_refuses_tampered_state_and_leaves_out_dir_alone(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    _fake_stage(tmp_path / "a", 3)
+    doc = save_stage_state(store, PREFIX, tmp_path / "a")
+    key = f"{PREFIX}/{doc['objects']['last.pt']['key']}"
+    store.put_bytes(key, store.get_bytes(key) + b"\0")  # one byte appended in the store
+    with pytest.raises(StorageError) as e:
+        restore_stage_state(store, PREFIX, tmp_path / "b")
+    msg = str(e.value)
+    assert store.describe(key) in msg and doc["objects"]["last.pt"]["sha256"] in msg
+    assert "tampered" in msg
+    assert not (tmp_path / "b").exists() or list((tmp_path / "b").iterdir()) == []
+
+
+def test_restore_keeps_a_newer_local_state_and_fresh_start_is_zero(tmp_path):
+    store = LocalStore(tmp_path / "store")
+    assert restore_stage_state(store, PREFIX, tmp_path / "empty") == 0
+    _fake_stage(tmp_path / "a", 2)
+    save_stage_state(store, PREFIX, tmp_path / "a")
+    _fake_stage(tmp_path / "b", 4)  # same pod, store one epoch behind: keep local
+    before = (tmp_path / "b" / "model.pt").read_bytes()
+    assert restore_stage_state(store, PREFIX, tmp_path / "b") == 4
+    assert (tmp_path / "b" / "model.pt").read_bytes() == before
+    assert restore_stage_state(store, PREFIX, tmp_path / "c") == 2
+    assert (tmp_path / "c" / "model.pt").read_bytes() == b"best weights 2"
+
+
+def test_sync_survives_store_outage_with_a_warning_unless_strict(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("MINIO_ENDPOINT", "127.0.0.1:9")  # discard port: connection refused
+    monkeypatch.setenv("CLOUDML_STORE_RETRIES", "1")
+    store = open_store("s3://t-nowhere")
+    _fake_stage(tmp_path / "a", 1)
+    seen = []
+    sync_on_epoch(store, PREFIX, tmp_path / "a", seen.append)({"epoch": 1})
+    assert seen == [{"epoch": 1}]
+    assert "epoch 1 not saved" in caplog.text and "127.0.0.1:9" in caplog.text
+    with pytest.raises(StorageError, match="unreachable"):
+        sync_on_epoch(store, PREFIX, tmp_path / "a", strict=True)({"epoch": 1})
+
+
+# --- ingest retry -----------------------------------------------------------------------------
+def test_retried_ingest_redoes_only_unfinished_flights(tmp_path, monkeypatch):
+    raw, out = tmp_path / "raw", tmp_path / "shards"
+    for flight, seed in (("30Oct24", 0), ("04Nov24", 1)):
+        write_flight(raw, flight, flight_arrays(n_frames=20, seed=seed))
+    cfg = load_config("tuned", {"temporal_frames": 3})
+    ingest_or_reuse(raw, "30Oct24", out / "30Oct24.h5", cfg)  # finished before the kill
+    (out / ".04Nov24.h5.x.tmp").write_bytes(b"half")  # the killed task's leftover temp file
+    first = (out / "30Oct24.h5").stat().st_mtime_ns
+
+    calls = []
+    real = ingest.ingest_flight
+    monkeypatch.setattr(ingest, "ingest_flight", lambda *a: calls.append(a[1]) or real(*a))
+    summaries = {f: ingest_or_reuse(raw, f, out / f"{f}.h5", cfg) for f in ("30Oct24", "04Nov24")}
+    assert calls == ["04Nov24"]
+    assert summaries["30Oct24"]["reused"] and "reused" not in summaries["04Nov24"]
+    assert summaries["30Oct24"]["n_samples"] == 18
+    assert (out / "30Oct24.h5").stat().st_mtime_ns == first
+    # a changed setting or a changed raw file makes the shard stale
+    assert not shard_is_current(out / "30Oct24.h5", raw, "30Oct24", load_config("tuned"))
+    write_flight(raw, "30Oct24", flight_arrays(n_frames=20, seed=5))
+    assert not shard_is_current(out / "30Oct24.h5", raw, "30Oct24", cfg)
+    assert shard_is_current(out / "04Nov24.h5", raw, "04Nov24", cfg)
