@@ -16,6 +16,9 @@ from cloudml.errors import CloudMLError
 
 COMMAND_MODULES = [
     "cloudml.config",
+    "cloudml.kfp_ops",
+    "cloudml.gate",
+    "cloudml.local_run",
     "cloudml.train",
     "cloudml.evaluate",
     "cloudml.data.synth",

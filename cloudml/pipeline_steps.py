@@ -60,8 +60,20 @@ def _local_raw_dir(raw_uri: str, flight: str, scratch: Path) -> Path:
         return scratch
     raw_dir = Path(raw_uri.removeprefix("file://"))
     if not (raw_dir / flight).is_dir():
-        raise DataError(f"{raw_dir / flight}: raw flight directory does not exist (raw_uri={raw_uri})")
+        raise DataError(
+            f"{raw_dir / flight}: raw flight directory does not exist (raw_uri={raw_uri})"
+        )
     return raw_dir
+
+
+def raw_data_source(raw_dir: Path, flight: str) -> str:
+    """'synthetic campaign' when the generator's campaign.json beside the flights lists it."""
+    marker = Path(raw_dir) / "campaign.json"
+    if marker.is_file():
+        meta = json.loads(marker.read_text())
+        if flight in meta.get("flights", []):
+            return f"synthetic campaign ({meta.get('generator', 'cloudml.data.synth')})"
+    return "raw flight files (no synthetic-campaign marker)"
 
 
 def run_ingest(raw_uri: str, flight: str, config_json: str, out_dir: Path) -> dict[str, Any]:
@@ -74,6 +86,7 @@ def run_ingest(raw_uri: str, flight: str, config_json: str, out_dir: Path) -> di
     with tempfile.TemporaryDirectory(prefix=f"raw-{flight}-") as scratch:
         raw_dir = _local_raw_dir(raw_uri, flight, Path(scratch))
         summary = ingest_flight(raw_dir, flight, out_dir / f"{flight}.h5", cfg)
+        summary["data_source"] = raw_data_source(raw_dir, flight)
     _write_json(out_dir / f"{flight}.summary.json", summary)
     return summary
 
@@ -87,7 +100,9 @@ def collect_shards(dirs: Iterable[str | Path]) -> dict[str, Path]:
             raise DataError(f"{d}: ingest artifact holds no <flight>.h5 shard")
         for path in found:
             if path.stem in shards:
-                raise DataError(f"flight {path.stem} ingested twice: {shards[path.stem]} and {path}")
+                raise DataError(
+                    f"flight {path.stem} ingested twice: {shards[path.stem]} and {path}"
+                )
             shards[path.stem] = path
     return shards
 
@@ -134,7 +149,10 @@ def run_pretrain(shard_dirs: list[str], config_json: str, out_dir: Path) -> dict
 
     cfg = config_from_json(config_json)
     return pretrain(
-        collect_shards(shard_dirs), cfg, Path(out_dir), on_epoch=_epoch_logger("pretrain", cfg.preset)
+        collect_shards(shard_dirs),
+        cfg,
+        Path(out_dir),
+        on_epoch=_epoch_logger("pretrain", cfg.preset),
     )
 
 

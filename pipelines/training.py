@@ -38,7 +38,13 @@ from components.ingest import ingest  # noqa: E402
 from components.pretrain import pretrain  # noqa: E402
 
 # Non-secret settings in the cloudml-settings ConfigMap, exposed under the same env names.
-SETTINGS_KEYS = ("MINIO_ENDPOINT", "MINIO_BUCKET", "MINIO_SECURE", "CLOUDML_STORE", "PUSHGATEWAY_URL")
+SETTINGS_KEYS = (
+    "MINIO_ENDPOINT",
+    "MINIO_BUCKET",
+    "MINIO_SECURE",
+    "CLOUDML_STORE",
+    "PUSHGATEWAY_URL",
+)
 DEFAULT_RAW_URI = f"s3://{platform.MINIO_BUCKET}/raw"
 EXTRA_PARAMS: dict[str, tuple[type, Any]] = {
     "raw_uri": (str, DEFAULT_RAW_URI),  # raw/<flight>/ lives under it (s3://, or a local dir)
@@ -95,31 +101,44 @@ def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def _graph(preset: str, p: dict[str, Any]) -> None:
-    """The DAG; `p` maps parameter names to pipeline channels."""
+def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None:
+    """The DAG; `p` maps parameter names to pipeline channels; `retry` None = no retries."""
     config_keys = [k for k in p if k not in EXTRA_PARAMS]
-    cfg = resolve_config(preset=preset, **{k: p[k] for k in config_keys})
-    _on_cpu(cfg.set_display_name("resolve-config"), SMALL_TASK)
+
+    def resolved() -> dsl.PipelineTask:
+        task = resolve_config(preset=preset, **{k: p[k] for k in config_keys})
+        return _on_cpu(task.set_display_name("resolve-config"), SMALL_TASK)
+
+    def retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return task.set_retry(**retry) if retry else task
+
+    cfg = resolved()
     config_json = cfg.output
 
     # Fan-out: one ingest per flight. Caching is off for ingest: its input is external data
     # (raw_uri/<flight>/) that KFP's cache key cannot see, so a cached ingest would keep
     # serving an old shard after the raw files change. Ingest is minutes of CPU per flight,
     # small beside the GPU stages that follow.
+    # The loop body resolves the config itself (from pipeline parameters) instead of taking
+    # cfg.output: kfp 2.17's local runner replaces every task-output input of a ParallelFor
+    # body with the loop item (kfp/local/orchestrator/task_spec_utils.py,
+    # create_parameter_loop_iteration_task_spec), which would hand ingest a flight name as
+    # its config. `.after(cfg)` keeps the up-front validation ordering.
     with dsl.ParallelFor(p["flights"]) as flight:
-        ing = ingest(raw_uri=p["raw_uri"], flight=flight, config_json=config_json)
-        ing.set_display_name("ingest").set_caching_options(False).set_retry(**RETRY)
-        _with_env(_on_cpu(ing, CPU_TASK))
+        cfg_in_loop = resolved().after(cfg)
+        ing = ingest(raw_uri=p["raw_uri"], flight=flight, config_json=cfg_in_loop.output)
+        ing.set_display_name("ingest").set_caching_options(False)
+        _with_env(_on_cpu(retried(ing), CPU_TASK))
 
     def shards() -> dsl.Collected:
         # one Collected per consumer: the compiler resolves each use separately
         return dsl.Collected(ing.outputs["shard"])
 
     pre = pretrain(shards=shards(), config_json=config_json)
-    _with_env(_on_gpu(pre.set_display_name("pretrain").set_retry(**RETRY)))
+    _with_env(_on_gpu(retried(pre.set_display_name("pretrain"))))
 
     fin = finetune(shards=shards(), config_json=config_json, pretrained=pre.outputs["model"])
-    _with_env(_on_gpu(fin.set_display_name("finetune").set_retry(**RETRY)))
+    _with_env(_on_gpu(retried(fin.set_display_name("finetune"))))
 
     ev = evaluate(
         shards=shards(),
@@ -129,7 +148,7 @@ def _graph(preset: str, p: dict[str, Any]) -> None:
         threshold=p["threshold"],
         min_std_ratio=p["min_std_ratio"],
     )
-    _with_env(_on_gpu(ev.set_display_name("evaluate").set_retry(**RETRY)))
+    _with_env(_on_gpu(retried(ev.set_display_name("evaluate"))))
 
     # No retry: a failed gate is a verdict, not a transient fault.
     g = gate(
@@ -146,13 +165,17 @@ def pipeline_name(preset: str) -> str:
     return f"cloudml-{preset}"
 
 
-def build_pipeline(preset: str = "tuned"):
-    """The training pipeline for `preset` as a KFP graph component (callable, compilable)."""
+def build_pipeline(preset: str = "tuned", retries: bool = True):
+    """The training pipeline for `preset` as a KFP graph component (callable, compilable).
+
+    retries=False drops the retry policies: the local runner honours them with real backoff
+    sleeps, and a local failure is a bug to see at once, not a preempted node.
+    """
     params = pipeline_parameters(preset)
     names = list(params)
 
     def training(*args: Any) -> None:
-        _graph(preset, dict(zip(names, args, strict=True)))
+        _graph(preset, dict(zip(names, args, strict=True)), RETRY if retries else None)
 
     sig = [
         inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=t)
@@ -161,7 +184,9 @@ def build_pipeline(preset: str = "tuned"):
     training.__signature__ = inspect.Signature(sig)  # type: ignore[attr-defined]
     training.__annotations__ = {n: t for n, (t, _) in params.items()}
     training.__name__ = pipeline_name(preset).replace("-", "_")
-    description = f"CloudML CBH training, preset {preset}: ingest, pretrain, finetune, evaluate, gate"
+    description = (
+        f"CloudML CBH training, preset {preset}: ingest, pretrain, finetune, evaluate, gate"
+    )
     return dsl.pipeline(name=pipeline_name(preset), description=description)(training)
 
 

@@ -79,7 +79,11 @@ def test_one_ingest_per_flight(compiled):
     default = spec["root"]["inputDefinitions"]["parameters"]["flights"]["defaultValue"]
     assert default == list(load_config(preset).data.flights) == list(FLIGHT_NAMES)
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert list(body) == ["ingest"]
+    assert sorted(body) == ["ingest", "resolve-config-2"]
+    assert body["ingest"]["inputs"]["parameters"]["config_json"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
+        "producerTask": "resolve-config-2",
+    }
     assert body["ingest"]["inputs"]["parameters"]["flight"] == {
         "componentInputParameter": "pipelinechannel--flights-loop-item"
     }

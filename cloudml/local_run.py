@@ -1,0 +1,255 @@
+"""`cloudml run`: the training pipeline on KFP's local runner (the embedded default).
+
+    cloudml run --pipeline tuned [--set key=value ...] [--threshold X]
+                [--data-dir data/raw] [--runs-dir runs] [--scale local]
+
+The same compiled graph that `cloudml submit` sends to Kubeflow runs here through
+kfp.local.SubprocessRunner(use_venv=False): every component executes in a subprocess of this
+virtualenv, artifacts stay on local disk (build/kfp-local/), resource/GPU/kfp-kubernetes
+settings are ignored. The synthetic campaign is generated into --data-dir on first use and
+reused after. The run folder runs/<pipeline>-<UTC timestamp>/ gets metrics.json, report.html,
+model_card.md, predictions.csv, the plots and the final checkpoint; its path is printed last.
+Exit status 1 when the gate fails, 2 on any other error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudml.config import Config, load_config, parse_overrides
+from cloudml.errors import CloudMLError, GateFailed
+from cloudml.fileio import atomic_path
+from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD, gate_verdict
+
+log = logging.getLogger(__name__)
+
+CAMPAIGN_MARKER = "campaign.json"  # written beside the synthetic flights; read by ingest glue
+METRIC_KEYS = ("r2", "mae_km", "rmse_km", "loss", "std_ratio", "n")
+RUN_FILES = (
+    "report.html",
+    "model_card.md",
+    "predictions.csv",
+    "pred_vs_true.png",
+    "residuals.png",
+    "learning_curves.png",
+)
+
+
+@dataclass
+class LocalRunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    gate_passed: bool
+    gate_message: str
+    stages: dict[str, float] = field(default_factory=dict)
+
+
+# --- data --------------------------------------------------------------------------------
+def ensure_campaign(data_dir: Path, flights: tuple[str, ...], scale: str) -> list[str]:
+    """Generate the synthetic flights missing from data_dir (first use); returns those made.
+
+    Flights already present are reused as they are, whatever generated them.
+    """
+    missing = [f for f in flights if not (data_dir / f).is_dir()]
+    if missing:
+        from cloudml.data import synth
+
+        frame = synth.LOCAL_FRAME if scale == "local" else synth.parse_frame_size("full")
+        print(
+            f"[cloudml] generating synthetic flights {', '.join(missing)} into {data_dir} (first use)"
+        )
+        synth.write_campaign(data_dir, seed=0, frame_size=frame, flights=tuple(missing))
+        marker = data_dir / CAMPAIGN_MARKER
+        known = json.loads(marker.read_text()).get("flights", []) if marker.is_file() else []
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps({
+                "source": "synthetic campaign", "generator": "cloudml.data.synth", "seed": 0,
+                "frame_size": list(frame), "flights": sorted(set(known) | set(missing)),
+            }, indent=2))  # fmt: skip
+    return missing
+
+
+# --- the run -------------------------------------------------------------------------------
+def pipeline_arguments(
+    cfg: Config, raw_uri: str, threshold: float, min_std_ratio: float
+) -> dict[str, Any]:
+    """Every pipeline parameter's value for this run (config keys + gate + raw_uri)."""
+    return {
+        **cfg.flat(),
+        "raw_uri": raw_uri,
+        "threshold": threshold,
+        "min_std_ratio": min_std_ratio,
+    }
+
+
+def _failed_task(message: str) -> str:
+    """The innermost failed task named in kfp.local's failure message."""
+    found = re.findall(r"Inner task failed: \S*?'([\w-]+)'", message) or re.findall(
+        r"'([\w-]+)'", message
+    )
+    return found[0] if found else "?"
+
+
+def find_outputs(root: Path) -> dict[str, Path]:
+    """Artifact directories of one local run: evaluation, finetune model, pretrain model."""
+    runs = sorted(p for p in root.iterdir() if p.is_dir())
+    if not runs:
+        raise CloudMLError(f"{root}: the local runner left no run directory")
+    run = runs[-1]
+    out = {
+        "evaluation": run / "evaluate" / "evaluation",
+        "finetune": run / "finetune" / "model",
+        "pretrain": run / "pretrain" / "model",
+    }
+    return {k: v for k, v in out.items() if v.exists()}
+
+
+def collect_run(outputs: dict[str, Path], run_dir: Path, record: dict[str, Any]) -> None:
+    """Copy the run's files into run_dir and write metrics.json (atomically, last)."""
+    ev = outputs["evaluation"]
+    for name in RUN_FILES:
+        if (ev / name).is_file():
+            with atomic_path(run_dir / name) as tmp:
+                shutil.copyfile(ev / name, tmp)
+    ckpt = outputs.get("finetune", Path("/nonexistent")) / "model.pt"
+    if ckpt.is_file():
+        with atomic_path(run_dir / "model.pt") as tmp:
+            shutil.copyfile(ckpt, tmp)
+    with atomic_path(run_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+
+
+def summary_table(metrics: dict[str, Any], stages: dict[str, float], verdict_msg: str) -> str:
+    """The text table printed at the end of a run."""
+    rows = [(f"{k} (s)", f"{v:.1f}") for k, v in stages.items()]
+    rows += [(k, f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]))
+             for k in METRIC_KEYS if k in metrics]  # fmt: skip
+    width = max(len(k) for k, _ in rows) if rows else 10
+    lines = ["", "stage / metric".ljust(width) + "  value", "-" * (width + 12)]
+    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
+    lines += ["", verdict_msg]
+    return "\n".join(lines)
+
+
+def run_local(
+    pipeline: str = "tuned",
+    overrides: list[str] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_std_ratio: float = DEFAULT_MIN_STD_RATIO,
+    data_dir: Path = Path("data/raw"),
+    runs_dir: Path = Path("runs"),
+    scale: str = "local",
+    work_dir: Path = Path("build/kfp-local"),
+) -> LocalRunResult:
+    """Run the pipeline locally; returns the result (gate verdict included, never raises on
+    a failed gate). Other task failures raise CloudMLError naming the task."""
+    from kfp import local
+
+    from cloudml.kfp_ops import _training_module
+
+    values = parse_overrides(overrides)
+    values.setdefault("scale", scale)
+    cfg = load_config(pipeline, values)  # every problem listed before anything runs
+    data_dir = Path(data_dir).resolve()
+    ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale)
+
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{pipeline}-{stamp}"
+    run_dir = Path(runs_dir) / name
+    root = Path(work_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=False)
+    root.mkdir(parents=True, exist_ok=True)
+
+    graph = _training_module().build_pipeline(pipeline, retries=False)
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    print(
+        f"[cloudml] running pipeline cloudml-{pipeline} on KFP's local runner (scale {cfg.data.scale})"
+    )
+    t0 = time.perf_counter()
+    failed: str | None = None
+    try:
+        graph(**pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio))
+    except RuntimeError as e:
+        failed = _failed_task(str(e))
+    wall = time.perf_counter() - t0
+
+    outputs = find_outputs(root)
+    if "evaluation" not in outputs:
+        raise CloudMLError(
+            f"local run {name}: task '{failed}' failed before evaluation (logs above; "
+            f"artifacts under {root})"
+        )
+    ev = outputs["evaluation"]
+    metrics = json.loads((ev / "metrics.json").read_text())
+    stages = json.loads((ev / "stages.json").read_text()) if (ev / "stages.json").is_file() else {}
+    stages["total"] = wall
+    verdict = gate_verdict(
+        float(metrics["r2"]), float(metrics["std_ratio"]), threshold, min_std_ratio,
+        str(metrics.get("flight", cfg.data.validation_flight)),
+    )  # fmt: skip
+    if failed not in (None, "gate"):
+        raise CloudMLError(f"local run {name}: task '{failed}' failed (artifacts under {root})")
+    if (failed == "gate") == verdict.passed:
+        raise CloudMLError(
+            f"local run {name}: the gate task {'failed' if failed else 'passed'} but the "
+            f"metrics say {verdict.message}"
+        )
+    record = {
+        **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
+        "flight": verdict.flight,
+        "gate_passed": verdict.passed,
+        "threshold": threshold,
+        "min_std_ratio": min_std_ratio,
+        "seconds": stages,
+        **{f"{k}_seconds": v for k, v in stages.items()},
+        "pipeline": pipeline,
+        "config": cfg.flat(),
+    }
+    collect_run(outputs, run_dir, record)
+    return LocalRunResult(run_dir, metrics, verdict.passed, verdict.message, stages)
+
+
+# --- CLI -----------------------------------------------------------------------------------
+def _cmd_run(args: argparse.Namespace) -> int:
+    res = run_local(
+        pipeline=args.pipeline,
+        overrides=args.overrides,
+        threshold=args.threshold,
+        min_std_ratio=args.min_std_ratio,
+        data_dir=args.data_dir,
+        runs_dir=args.runs_dir,
+        scale=args.scale,
+    )
+    print(summary_table(res.metrics, res.stages, res.gate_message))
+    print(res.run_dir)
+    return 0 if res.gate_passed else GateFailed.exit_code
+
+
+def add_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a pipeline on KFP's local runner (embedded default)")
+    p.add_argument("--pipeline", default="tuned", help="preset name (default tuned)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable), e.g. --set epochs=2")  # fmt: skip
+    p.add_argument(
+        "--threshold", type=float, default=DEFAULT_THRESHOLD, help="gate: R² must exceed it"
+    )
+    p.add_argument("--min-std-ratio", type=float, default=DEFAULT_MIN_STD_RATIO,
+                   help="gate: collapse check, prediction/target std ratio (0 disables)")  # fmt: skip
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data/raw"),
+        help="raw flights (generated on first use)",
+    )
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
+    p.add_argument("--scale", choices=("local", "full"), default="local")
+    p.set_defaults(func=_cmd_run)
