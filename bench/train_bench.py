@@ -1,0 +1,113 @@
+"""Training-step benchmark: samples/s of forward + backward + AdamW step on CPU (or CUDA).
+
+    .venv/bin/python bench/train_bench.py [--size local|full|RxC] [--steps 20] [--batch 20]
+        [--frames 5] [--memory-optimized] [--no-channels-last] [--checkpointing] [--compile]
+        [--threads N]
+
+Run it twice to compare allocators, e.g.
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
+    MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 .venv/bin/python bench/train_bench.py
+Prints one JSON line (median step time after warm-up steps) and appends it to
+build/bench/train.jsonl. `--compile` also reports the compile time (first steps) so that
+compile cost can be weighed against the per-step gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from cloudml.config import load_config
+from cloudml.model import CBHNet
+from cloudml.train import loss_fn
+
+SIZES = {"local": (28, 40), "full": (440, 640)}
+
+
+def step_times(args: argparse.Namespace) -> dict:
+    h, w = SIZES.get(args.size) or tuple(int(v) for v in args.size.split("x"))
+    cfg = load_config("tuned", {"memory_optimized": args.memory_optimized, "torch_compile": False})
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    net = CBHNet(cfg.model, args.frames).to(device).train()
+    net.use_checkpoint = args.checkpointing
+    if not args.channels_last:  # the model converts to channels_last; undo for the comparison
+        net.forward = _contiguous_forward(net)
+    model = torch.compile(net) if args.compile else net
+    opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.04)
+    x = torch.randn(args.batch, args.frames, h, w, device=device)
+    s = torch.randn(args.batch, 3, device=device)
+    y = torch.randn(args.batch, device=device)
+    times = []
+    t_first = time.perf_counter()
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        loss = loss_fn(model(x, s), y, cfg.train)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i == args.warmup - 1:
+            warm_s = time.perf_counter() - t_first
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {
+        "size": f"{h}x{w}", "batch": args.batch, "frames": args.frames, "device": str(device),
+        "threads": torch.get_num_threads(), "memory_optimized": args.memory_optimized,
+        "channels_last": args.channels_last, "checkpointing": args.checkpointing,
+        "compile": args.compile, "jemalloc": "jemalloc" in os.environ.get("LD_PRELOAD", ""),
+        "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
+        "samples_per_s": round(args.batch / med, 1), "warmup_steps_s": round(warm_s, 2),
+        "steps": args.steps,
+    }  # fmt: skip
+
+
+def _contiguous_forward(net: CBHNet):
+    """Forward without the channels_last conversion (plain NCHW), for the A/B."""
+    import types
+
+    def forward(self, frames, scalars):
+        b, t, h, w = frames.shape
+        x = frames.reshape(b * t, 1, h, w).contiguous()
+        s = scalars.repeat_interleave(t, dim=0)
+        feats = self.encoder(x, s).reshape(b, t, -1)
+        z = feats.mean(dim=1) if self.temporal is None else self.temporal(feats)
+        return self.head(z).squeeze(1)
+
+    return types.MethodType(forward, net)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", default="local", help="local (28x40), full (440x640) or RxC")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=20)
+    ap.add_argument("--frames", type=int, default=5)
+    ap.add_argument("--memory-optimized", action="store_true")
+    ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
+    ap.add_argument("--checkpointing", action="store_true")
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    res = step_times(args)
+    line = json.dumps(res)
+    print(line)
+    out = Path("build/bench/train.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a") as f:
+        f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()
