@@ -9,6 +9,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from cloudml.errors import StorageError
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | Path) -> Iterator[Path]:
@@ -18,8 +20,14 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     new one is complete. The temporary file is removed on error.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    except OSError as e:  # a file in the way, read-only mount, no permission: name the path
+        raise StorageError(
+            f"cannot write {dest}: output directory {dest.parent} is not writable "
+            f"({e.strerror or type(e).__name__}: {e.filename})"
+        ) from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:
