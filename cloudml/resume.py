@@ -248,3 +248,40 @@ def ingest_or_reuse(raw_dir: Path, flight: str, out_path: Path, cfg: Any) -> dic
         log.info("ingest %s: reusing finished shard %s", flight, out_path)
         return summary
     return ingest_flight(Path(raw_dir), flight, Path(out_path), cfg)
+
+
+# --- checkpoints between stages ----------------------------------------------------------------
+def checkpoint_sha256(stage_dir: str | Path, name: str = "model.pt") -> str:
+    """sha256 of a stage's checkpoint, for its summary.json (`model_sha256`)."""
+    return sha256_file(Path(stage_dir) / name)
+
+
+def verify_stage_checkpoint(stage_dir: str | Path, name: str = "model.pt") -> Path:
+    """The stage's checkpoint path, after checking it against summary.json's `model_sha256`.
+
+    A checkpoint handed from one stage to the next (local artifact dirs carry no manifest)
+    is refused when it changed after its stage finished. Summaries written before the hash
+    existed are accepted with a warning.
+    """
+    from cloudml.errors import DataError
+
+    stage_dir = Path(stage_dir)
+    ckpt, summary_path = stage_dir / name, stage_dir / "summary.json"
+    if not ckpt.is_file():
+        raise DataError(f"{ckpt}: checkpoint missing (expected the stage's {name})")
+    want = None
+    if summary_path.is_file():
+        try:
+            want = json.loads(summary_path.read_text()).get("model_sha256")
+        except ValueError as e:
+            raise DataError(f"{summary_path}: not valid JSON ({e})") from None
+    if want is None:
+        log.warning("%s: no model_sha256 in %s; checkpoint not verified", ckpt, summary_path)
+        return ckpt
+    got = sha256_file(ckpt)
+    if got != want:
+        raise DataError(
+            f"{ckpt}: sha256 {got} does not match model_sha256 {want} in {summary_path}; "
+            "refusing a checkpoint changed after its stage finished"
+        )
+    return ckpt

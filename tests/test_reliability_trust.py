@@ -20,7 +20,13 @@ from cloudml.config import ModelConfig, load_config
 from cloudml.errors import DataError, StorageError
 from cloudml.model import CBHNet
 from cloudml.pipeline_steps import run_ingest
-from cloudml.resume import restore_stage_state, save_stage_state, state_prefix
+from cloudml.resume import (
+    checkpoint_sha256,
+    restore_stage_state,
+    save_stage_state,
+    state_prefix,
+    verify_stage_checkpoint,
+)
 from cloudml.storage import S3Store, download_dir, open_store, upload_dir
 from cloudml.train_ckpt import load_checkpoint, save_checkpoint
 from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
@@ -169,3 +175,21 @@ def test_secret_never_reaches_logs_yaml_or_artifacts(
     assert any(k.endswith("state.json") for k in keys) and any("ingest" in k for k in keys)
     for key in keys:
         assert marker.encode() not in store.get_bytes(key), key
+
+
+def test_checkpoint_changed_after_its_stage_is_refused(tmp_path, caplog):
+    stage = tmp_path / "pretrain"
+    save_checkpoint(stage / "model.pt", _checkpoint(ModelConfig(memory_optimized=True)))
+    (stage / "summary.json").write_text(json.dumps({"model_sha256": checkpoint_sha256(stage)}))
+    assert verify_stage_checkpoint(stage) == stage / "model.pt"
+    blob = bytearray((stage / "model.pt").read_bytes())
+    blob[-100] ^= 0xFF
+    (stage / "model.pt").write_bytes(bytes(blob))
+    with pytest.raises(DataError) as e:
+        verify_stage_checkpoint(stage)
+    assert str(stage / "model.pt") in str(e.value) and "does not match model_sha256" in str(e.value)
+    (stage / "summary.json").write_text("{}")  # written before hashes existed: warn only
+    assert verify_stage_checkpoint(stage) == stage / "model.pt"
+    assert "not verified" in caplog.text
+    with pytest.raises(DataError, match="checkpoint missing"):
+        verify_stage_checkpoint(tmp_path / "nothing")
