@@ -336,12 +336,12 @@ def synth_flight(
     seed: int = 0,
     frame_size: tuple[int, int] = LOCAL_FRAME,
     params: FlightParams | None = None,
-    strip_frames: int = 64,
 ) -> SynthFlight:
     """Simulate one flight; same (name, seed, frame_size) -> identical arrays.
 
-    Frames are rendered in along-track strips of `strip_frames`; the ground scene is held as
-    float32 (G, W) layers, G ~ the leg length / GSD, so full size stays a few hundred MB.
+    The ground scene is a set of float32 (G, W) layers, G ~ leg length / GSD plus shadow
+    margins, and frames are rendered one at a time into the uint16 output: at full size the
+    30Oct24 leg peaks at ~1.3 GB, of which 0.8 GB is the (N, 512, 640) uint16 signal itself.
     """
     flight = get_flight(name)
     p = params or FLIGHT_PARAMS[name]
@@ -427,17 +427,15 @@ def synth_flight(
     fr_nadir = nadir_row(frame_t)  # (N,)
     fr_top = np.interp(fr_nadir, g_idx, top)  # (N,) km at nadir
     c_nadir = m_c + (cols - 1) / 2.0
-    for a in range(0, n, strip_frames):
-        b = min(a + strip_frames, n)
-        for k in range(a, b):
-            surf = view_frame(surface, fr_nadir[k], c_nadir, 1.0, (rows, cols))[0]
-            scale = 1.0 - fr_top[k] * 1000.0 / ALTITUDE_M
-            e, et = view_frame(cloud_layers, fr_nadir[k], c_nadir, scale, (rows, cols))
-            bt = et + (1.0 - e) * surf  # (R, C) K: cloud and surface mixed by emissivity
-            bt += noise_k * rng.standard_normal((rows, cols), dtype=np.float32)
-            counts = p.offset + p.gain * drift[k] * vig * bt
-            counts += p.gain * (stripes + stripe_drift * (k / n))[None, :]
-            signal[k] = np.clip(np.rint(counts), 0, 65534)  # 65535 is the sensor fill
+    for k in range(n):
+        surf = view_frame(surface, fr_nadir[k], c_nadir, 1.0, (rows, cols))[0]  # (R, C) K
+        scale = 1.0 - fr_top[k] * 1000.0 / ALTITUDE_M  # relief displacement of the cloud tops
+        e, et = view_frame(cloud_layers, fr_nadir[k], c_nadir, scale, (rows, cols))
+        bt = et + (1.0 - e) * surf  # (R, C) K: cloud and surface mixed by emissivity
+        bt += noise_k * rng.standard_normal((rows, cols), dtype=np.float32)
+        counts = p.offset + p.gain * drift[k] * vig * bt
+        counts += p.gain * (stripes + stripe_drift * (k / n))[None, :]
+        signal[k] = np.clip(np.rint(counts), 0, 65534)  # 65535 is the sensor fill
     del surface, cloud_layers
 
     # --- nav: per frame, slowly varying, occasional NaN ----------------------------------------
