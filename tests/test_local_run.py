@@ -1,0 +1,144 @@
+"""`cloudml run`: pure helpers, then two end-to-end runs on KFP's local runner (slow).
+
+The end-to-end runs use a tiny setup (two flights: pretrain 30Oct24, validate 12Feb25;
+one epoch; 3 frames; no torch.compile) so each finishes in about a minute on two cores.
+A one-epoch model is not expected to learn anything, so the passing run sets the gate
+where any finite R² clears it (threshold -1e9, collapse check off): it tests the plumbing,
+not the model. The failing run asks for R² > 0.99, which such a model cannot reach.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cloudml.cli import main
+from cloudml.config import load_config
+from cloudml.local_run import (
+    CAMPAIGN_MARKER,
+    _failed_task,
+    ensure_campaign,
+    pipeline_arguments,
+    summary_table,
+)
+from cloudml.pipeline_steps import collect_shards, raw_data_source
+
+TINY = [
+    "--set", "flights=[30Oct24,12Feb25]",
+    "--set", "epochs=1",
+    "--set", "temporal_frames=3",
+    "--set", "batch_size=32",
+    "--set", "torch_compile=false",
+    "--set", "gradient_checkpointing=false",
+    "--set", "memory_optimized=true",
+]  # fmt: skip
+RUN_FILES = {"metrics.json", "report.html", "model_card.md", "predictions.csv", "model.pt"}
+
+
+def test_failed_task_parses_kfp_local_message():
+    msg = "Pipeline \x1b[95m'cloudml-tuned'\x1b[0m finished with status FAILURE. Inner task failed: \x1b[96m'gate'\x1b[0m."
+    assert _failed_task(msg) == "gate"
+    assert _failed_task("Inner task failed: 'ingest' inside 'for-loop-1'.") == "ingest"
+
+
+def test_pipeline_arguments_cover_every_parameter():
+    from cloudml.kfp_ops import _training_module
+
+    cfg = load_config("tuned", {"scale": "local"})
+    args = pipeline_arguments(cfg, "/data/raw", 0.3, 0.1)
+    params = _training_module().pipeline_parameters("tuned")
+    assert set(args) == set(params)
+    assert args["scale"] == "local" and args["raw_uri"] == "/data/raw"
+    assert isinstance(args["flights"], list) and isinstance(args["swath_slice"], list)
+
+
+def test_summary_table_lists_stages_metrics_and_verdict():
+    text = summary_table({"r2": 0.41234, "n": 150}, {"pretrain": 12.34}, "gate PASSED ...")
+    assert "pretrain (s)" in text and "12.3" in text
+    assert "0.4123" in text and "150" in text
+    assert text.splitlines()[-1] == "gate PASSED ..."
+
+
+def test_ensure_campaign_generates_once_and_marks_synthetic(tmp_path):
+    made = ensure_campaign(tmp_path, ("12Feb25",), "local")
+    assert made == ["12Feb25"]
+    marker = json.loads((tmp_path / CAMPAIGN_MARKER).read_text())
+    assert marker["flights"] == ["12Feb25"] and marker["source"] == "synthetic campaign"
+    before = sorted(p.stat().st_mtime_ns for p in (tmp_path / "12Feb25").iterdir())
+    assert ensure_campaign(tmp_path, ("12Feb25",), "local") == []  # reused, not rewritten
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "12Feb25").iterdir()) == before
+    assert raw_data_source(tmp_path, "12Feb25").startswith("synthetic campaign")
+    assert raw_data_source(tmp_path, "30Oct24").startswith("raw flight files")
+
+
+def test_collect_shards_rejects_duplicates(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        (tmp_path / d / "30Oct24.h5").write_bytes(b"")
+    with pytest.raises(Exception, match="flight 30Oct24 ingested twice"):
+        collect_shards([tmp_path / "a", tmp_path / "b"])
+    assert collect_shards([tmp_path / "a"]) == {"30Oct24": tmp_path / "a" / "30Oct24.h5"}
+
+
+def test_bad_override_fails_before_anything_runs(tmp_path, capsys):
+    rc = main(["run", "--set", "epochs=0", "--data-dir", str(tmp_path / "raw"),
+               "--runs-dir", str(tmp_path / "runs")])  # fmt: skip
+    assert rc == 2 and "epochs: must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("raw")
+    ensure_campaign(d, ("30Oct24", "12Feb25"), "local")
+    return d
+
+
+def _run(tmp_path: Path, raw_dir: Path, *extra: str) -> tuple[int, Path, str]:
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = main(["run", "--pipeline", "tuned", *TINY, *extra, "--data-dir", str(raw_dir),
+                   "--runs-dir", str(tmp_path / "runs")])  # fmt: skip
+    out = buf.getvalue()
+    return rc, Path(out.strip().splitlines()[-1].strip()), out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # build/kfp-local lands in tmp_path
+    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold=-1e9", "--min-std-ratio=0")
+    assert rc == 0, out
+    assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("tuned-")
+    assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    m = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("r2", "mae_km", "rmse_km", "loss", "std_ratio", "n", "gate_passed", "threshold"):
+        assert key in m, key
+    assert m["gate_passed"] is True and m["threshold"] == -1e9 and m["flight"] == "12Feb25"
+    assert m["n"] > 0 and m["rmse_km"] >= m["mae_km"] > 0
+    for stage in ("ingest", "pretrain", "finetune", "evaluate", "total"):
+        assert m[f"{stage}_seconds"] > 0, stage
+    html = (run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "gate PASSED" in html
+    assert "synthetic campaign" in (run_dir / "model_card.md").read_text()
+    header = (run_dir / "predictions.csv").read_text().splitlines()[0]
+    assert header.replace(" ", "") == "time_utc,cbh_true_km,cbh_pred_km"
+    assert "gate PASSED on validation flight 12Feb25" in out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold", "0.99")
+    assert rc == 1
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["gate_passed"] is False and m["threshold"] == 0.99
+    assert f"R² = {m['r2']:.4f} (threshold 0.9900)" in out
+    assert "gate FAILED on validation flight 12Feb25" in out
+    assert "gate FAILED" in (run_dir / "report.html").read_text()
