@@ -58,6 +58,9 @@ pretrain({"30Oct24": Path(shard)}, cfg, out, on_epoch=sync_on_epoch(store, prefi
 
 
 def _pod(uri, shard, out, marker, env):
+    # one intra-op thread: on a shared 2-core box two OpenMP threads spin against other load
+    # and a step gets ~50x slower; reference and resumed pods use the same setting
+    env = {**env, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-c", POD, uri, PREFIX, str(shard), str(out), str(marker)]
     cmd.append(json.dumps(SETTINGS))
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
@@ -71,7 +74,7 @@ def _strip(history):
 def reference(tmp_path_factory):
     """The shard and one uninterrupted run (no store) to compare against."""
     root = tmp_path_factory.mktemp("preempt-ref")
-    shard = write_shards(root, ["30Oct24"], n=64, h=12, w=16)["30Oct24"]
+    shard = write_shards(root, ["30Oct24"], n=96, h=12, w=16)["30Oct24"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = _pod(str(root / "unused-store"), shard, root / "ref", "-", env)
     out, _ = proc.communicate(timeout=120)
