@@ -230,3 +230,48 @@ def test_bad_credentials_through_cli_write_nothing(s3_server, tmp_path, capsys, 
     assert rc == 2 and "credentials refused" in err and s3_server.endpoint in err, err
     assert "MINIO_SECRET_KEY" in err and wrong not in err and S3_SECRET_KEY not in err
     assert good.list("") == []
+
+
+def _file_case(case, tmp_path):
+    """(argv, path that must be named, text that must be named, dir that must stay empty)."""
+    out = tmp_path / "out"
+    shards = write_shards(tmp_path / "shards", ["30Oct24", "12Feb25"], n=20)
+    if case == "upload_src_missing":
+        src = tmp_path / "no-such-dir"
+        return (
+            ["upload", "--src", str(src), "--dest", str(out / "p")],
+            src,
+            "is not a directory",
+            out,
+        )
+    if case == "same_flight_twice":
+        copy = tmp_path / "copy.h5"
+        copy.write_bytes(shards["30Oct24"].read_bytes())
+        argv = [
+            "pretrain",
+            "--shard",
+            str(shards["30Oct24"]),
+            "--shard",
+            str(copy),
+            "--out",
+            str(out),
+        ]
+        return argv, copy, "flight 30Oct24 already given", out
+    if case == "truncated_checkpoint":
+        ckpt = tmp_path / "model.pt"
+        ckpt.write_bytes(b"PK\x03\x04 not really a zip")
+        argv = ["evaluate", "--shard", str(shards["12Feb25"]), "--checkpoint", str(ckpt),
+                "--out", str(out)]  # fmt: skip
+        return argv, ckpt, "not a readable checkpoint", out
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize(
+    "case", ["upload_src_missing", "same_flight_twice", "truncated_checkpoint"]
+)
+def test_bad_file_argument_through_cli(tmp_path, capsys, case):
+    argv, named, what, out = _file_case(case, tmp_path)
+    rc = main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2 and str(named) in err and what in err and "Traceback" not in err, err
+    assert not out.exists() or list(out.rglob("*")) == []
