@@ -142,12 +142,14 @@ def write_json(path: Path, obj: Any) -> Path:
     """Write obj as indented JSON atomically (a failed run leaves the old file)."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+        tmp.chmod(0o644)  # mkstemp makes it 0600; results are for the whole team
     return Path(path)
 
 
 def write_text(path: Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+        tmp.chmod(0o644)
     return Path(path)
 
 
@@ -346,7 +348,7 @@ def render_doc(results: dict[str, Any]) -> str:
         ),  # fmt: skip
         "",
     ]
-    if prod is not None and train_full is not None:
+    if prod and train_full:
         out += [
             f"The model consumes {fmt_num(train_full)} samples/s at full size (section 3), so the "
             f"production loader delivers {fmt_num(prod / train_full)}x what training needs"
@@ -377,7 +379,7 @@ def render_doc(results: dict[str, Any]) -> str:
             k = f"{size}_{alloc}"
             b = (tr.get(f"{k}_samples_per_s") or {}).get("batch", "?")
             rows += figure_rows([
-                (f"{size} {alloc} B={b}: samples/s", tr.get(f"{k}_samples_per_s"), "", 1.0),
+                (f"{size} {alloc} B={b}: throughput", tr.get(f"{k}_samples_per_s"), "", 1.0),
                 (f"{size} {alloc} B={b}: MFU (%)", tr.get(f"{k}_mfu"),
                  _goal(_med(tr.get(f"{k}_mfu")), ">=", 0.45, ">= 45%")
                  if size == "full" else "", 100.0),
@@ -411,7 +413,7 @@ def render_doc(results: dict[str, Any]) -> str:
         markdown_table(rows, FIGURE_HEADER),
         "",
     ]
-    if tr.get("full_rss_probe_gib"):
+    if tr.get("full_rss_probe_gib") and est20 is not None:
         probe = ", ".join(f"B={b}: {v:.1f} GiB" for b, v in tr["full_rss_probe_gib"].items())
         out += [
             f"Full-size memory probes ({probe}) extrapolate linearly to "

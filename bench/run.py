@@ -118,8 +118,8 @@ def campaign_ingest(repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="campaign-bench-") as tmp:
         raw_dir = Path(tmp) / "raw"
         t0 = time.perf_counter()
-        for name in flights:
-            synth.write_flight(raw_dir, name, seed=0)
+        # exactly what `make run` generates on first use (cloudml.local_run.ensure_campaign)
+        synth.write_campaign(raw_dir, seed=0, frame_size=synth.LOCAL_FRAME, flights=tuple(flights))
         print(f"local campaign ({len(flights)} flights) written in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
         for rep in range(repeats):
@@ -130,7 +130,7 @@ def campaign_ingest(repeats: int) -> dict[str, Any]:
                 frames += s["n_raw_frames"]
             runs.append(time.perf_counter() - t0)
             print(f"campaign ingest run {rep + 1}: {runs[-1]:.2f} s, {frames} frames", flush=True)
-    cmd = "bench/run.py --only ingest (campaign, in process)"
+    cmd = "bench/run.py --only ingest (campaign: in bench/run.py's own process)"
     return {
         "campaign_local_s": figure(runs, "s", cmd, flights=flights, n_raw_frames=frames),
         "campaign_local_frames_per_s": figure([frames / s for s in runs], "frames/s", cmd),
@@ -144,7 +144,8 @@ def bench_ingest(repeats: int, quick: bool) -> dict[str, Any]:
         cmd += ["--frames", "120", "--source", "random"]
     checked(run_child(cmd, jemalloc_env(), "ingest"), "ingest_bench")
     ing = json.loads(out_json.read_text())
-    res = ingest_figures(ing, " ".join(["bench/ingest_bench.py", *cmd[2:4]]))
+    shown = [a for a in cmd[2:] if a not in ("--out", str(out_json))]
+    res = ingest_figures(ing, " ".join(["bench/ingest_bench.py", *shown]) + " (jemalloc)")
     res.update(campaign_ingest(1 if quick else repeats))
     res["allocator"] = "jemalloc"
     return res
@@ -203,6 +204,11 @@ def train_child(size: str, batch: int, steps: int, warmup: int, env: dict[str, s
     return rec
 
 
+def child_samples_per_s(rec: dict[str, Any]) -> float:
+    """batch / median step seconds (train_bench's own samples_per_s is rounded to 0.1)."""
+    return rec["batch"] / rec["step_s_median"]
+
+
 def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -> dict[str, Any]:
     import mfu as mfu_mod
 
@@ -210,9 +216,9 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
 
     model_cfg = load_config("tuned").model
     out: dict[str, Any] = {"flops": {}}
-    rates = mfu_mod.matmul_flops_per_s(1024 if quick else 2048, repeats=3 if quick else 7)
-    mm_cmd = "bench/mfu.py (torch.mm 2048x2048 fp32, same run)"
-    out["matmul_flops_per_s"] = figure(rates, "FLOP/s", mm_cmd)
+    n_mm = 1024 if quick else 2048
+    rates = mfu_mod.matmul_flops_per_s(n_mm, repeats=3 if quick else 7)
+    out["matmul_flops_per_s"] = figure(rates, "FLOP/s", f"bench/mfu.py --matmul-n {n_mm}")
     peak = out["matmul_flops_per_s"]["median"]
     for size in ("local", "full"):
         h, w = mfu_mod.parse_size(size)
@@ -221,49 +227,54 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
             print(f"warning: FLOP count disagrees with the analytic count at {size}", flush=True)
         out["flops"][size] = {"forward": fwd, "train": mfu_mod.train_flops_per_sample(fwd)}
 
-    # memory probes at full size (B=2, B=4, one step each) so that batch 20 only runs when
-    # it fits this machine; the linear fit also gives the batch-20 estimate
-    want = 2 if quick else full_batch
-    if not quick:
-        probe = {b: train_child("full", b, 1, 1, jemalloc_env(), f"probe-b{b}")["peak_rss_bytes"]
-                 for b in (2, 4)}  # fmt: skip
-        out["full_rss_probe_gib"] = {str(b): v / GIB for b, v in probe.items()}
-        est = extrapolate_rss(2, probe[2], 4, probe[4], 20)
-        out["full_b20_rss_estimate_gib"] = est / GIB
-        budget = 0.85 * mem_available_bytes()
-        if extrapolate_rss(2, probe[2], 4, probe[4], want) > budget:
-            fits = [
-                b
-                for b in (16, 10, 8, 5, 4, 2)
-                if b < want and extrapolate_rss(2, probe[2], 4, probe[4], b) < budget
-            ]
-            want = fits[0] if fits else 2
-            print(f"full size batch {full_batch} needs ~{est / GIB:.1f} GiB (> 85% of available "
-                  f"memory): measuring batch {want}", flush=True)  # fmt: skip
-    out["full_batch"] = want
+    # Full size costs ~0.1-0.3 TFLOP per sample: a batch-20 step takes minutes on 2 cores, so
+    # the timed full-size runs use --full-batch (default 4; per-sample cost barely depends on
+    # B once B*T frames fill the cores) and peak RSS at batch 20 is extrapolated from a B=2
+    # probe and those runs (activations grow linearly in B). --full-batch 20 measures it
+    # directly, after a B=4 probe shows it fits in 85% of the available memory.
+    rss_at: dict[int, float] = {}
+    probe_batches = () if quick else ((2, 4) if full_batch > 4 else (2,))
+    for b in probe_batches:
+        rss_at[b] = train_child("full", b, 1, 1, jemalloc_env(), f"probe-b{b}")["peak_rss_bytes"]
+    fb = 2 if quick else full_batch
+    if len(rss_at) == 2:
+        need = extrapolate_rss(2, rss_at[2], 4, rss_at[4], fb)
+        if need > 0.85 * mem_available_bytes():
+            print(f"full size batch {fb} needs ~{need / GIB:.1f} GiB (> 85% of available "
+                  "memory): measuring batch 4", flush=True)  # fmt: skip
+            fb = 4
+    out["full_batch"] = fb
 
-    plan = {  # (size, batch, steps, warmup, runs)
-        "local": ("local", 20, 5 if quick else 20, 2 if quick else 3, 1 if quick else repeats),
-        "full": ("full", want, 1 if quick else 2, 1, 1 if quick else full_repeats),
+    plan = {  # size -> (batch, timed steps, warm-up steps, runs under jemalloc)
+        "local": (20, 3 if quick else 20, 2 if quick else 3, 1 if quick else repeats),
+        "full": (fb, 1 if quick else 2, 1, 1 if quick else full_repeats),
     }
     for alloc, env in (("jemalloc", jemalloc_env()), ("glibc", glibc_env())):
-        for size, (sz, b, steps, warm, runs) in plan.items():
+        for size, (b, steps, warm, runs) in plan.items():
             if alloc == "glibc" and size == "full":
-                runs = 1  # the allocator comparison; several minutes per run at full size
-            recs = [
-                train_child(sz, b, steps, warm, env, f"{size}-{alloc}-{i}") for i in range(runs)
-            ]
-            sps = [r["samples_per_s"] for r in recs]
+                if quick:
+                    continue  # minutes per step; the comparison belongs to the real run
+                runs = 1
+            recs = [train_child(size, b, steps, warm, env, f"{size}-{alloc}-{i}")
+                    for i in range(runs)]  # fmt: skip
+            sps = [child_samples_per_s(r) for r in recs]
             cmd = recs[0]["command"] + (" (LD_PRELOAD=jemalloc)" if alloc == "jemalloc" else "")
             key = f"{size}_{alloc}"
             train_flops = out["flops"][size]["train"]
+            rss = [r["peak_rss_bytes"] for r in recs]
             out[f"{key}_samples_per_s"] = figure(sps, "samples/s", cmd, batch=b)
-            out[f"{key}_mfu"] = figure([mfu_mod.mfu(s, train_flops, peak) for s in sps], "fraction",
-                                       cmd)  # fmt: skip
-            out[f"{key}_peak_rss_gib"] = figure([r["peak_rss_bytes"] / GIB for r in recs], "GiB",
-                                                cmd)  # fmt: skip
-            print(f"train {key}: {sps} samples/s", flush=True)
-    out["threads"] = recs[0].get("threads")
+            out[f"{key}_mfu"] = figure([mfu_mod.mfu(s, train_flops, peak) for s in sps],
+                                       "fraction", cmd)  # fmt: skip
+            out[f"{key}_peak_rss_gib"] = figure([v / GIB for v in rss], "GiB", cmd, batch=b)
+            if size == "full" and alloc == "jemalloc":
+                rss_at.setdefault(b, float(min(rss)))
+            print(f"train {key} B={b}: " + ", ".join(f"{v:.3g}" for v in sps) + " samples/s",
+                  flush=True)  # fmt: skip
+            out["threads"] = recs[0].get("threads")
+    out["full_rss_probe_gib"] = {str(b): v / GIB for b, v in sorted(rss_at.items())}
+    if len(rss_at) >= 2:
+        (b1, r1), (b2, r2) = sorted(rss_at.items())[:2]
+        out["full_b20_rss_estimate_gib"] = extrapolate_rss(b1, r1, b2, r2, 20) / GIB
     return out
 
 
@@ -355,7 +366,12 @@ def main(argv: list[str] | None = None) -> int:
         default=2,
         help="runs of full-size training under jemalloc (minutes each)",
     )
-    ap.add_argument("--full-batch", type=int, default=20, help="full-size training batch")
+    ap.add_argument(
+        "--full-batch",
+        type=int,
+        default=4,
+        help="full-size training batch (20 = the preset; minutes per step)",
+    )
     ap.add_argument("--e2e-repeats", type=int, default=1, help="runs of make run / make test")
     ap.add_argument("--quick", action="store_true", help="small and fast: a smoke test")
     ap.add_argument("--results", type=Path, default=RESULTS)

@@ -188,3 +188,18 @@ def test_loader_batches_count_samples(tmp_path):
     assert loader_bench.production_batches(pool, sc, 4, None) == expect
     assert loader_bench.production_batches(pool, sc, 4, 2) == 8
     assert loader_bench.reread_batches(ds, pool, sc, 4, 1) == 4
+
+
+def test_newest_run_dir_picks_latest_finished_run(tmp_path):
+    import json
+    import os
+
+    for i, name in enumerate(("tuned-20260101T000000Z", "tuned-20260102T000000Z")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"seconds": {"total": i}}))
+        os.utime(tmp_path / name / "metrics.json", (1000 + i, 1000 + i))
+    (tmp_path / "tuned-20260103T000000Z").mkdir()  # unfinished: no metrics.json
+    (tmp_path / "baseline-20260104T000000Z").mkdir()
+    (tmp_path / "baseline-20260104T000000Z" / "metrics.json").write_text("{}")
+    assert bench_run.newest_run_dir(tmp_path, "tuned").name == "tuned-20260102T000000Z"
+    assert bench_run.newest_run_dir(tmp_path, "tuned", after=5000) is None
