@@ -226,6 +226,8 @@ def _section(results: dict[str, Any], name: str) -> dict[str, Any]:
 def _measured_line(sec: dict[str, Any]) -> str:
     if not sec:
         return "_Section not measured yet: run `bench/run.py --only ...`._\n"
+    if sec.get("error"):
+        return f"_Not measured: the last run of this section failed ({sec['error']})._\n"
     quick = " — **quick mode (smoke test, not a reportable figure)**" if sec.get("quick") else ""
     return f"_Measured {sec.get('measured_utc', '?')} in {sec.get('seconds', 0):.0f} s{quick}._\n"
 

@@ -388,17 +388,23 @@ def main(argv: list[str] | None = None) -> int:
     results.setdefault("sections", {})
     results["machine"] = common.machine_facts()
     t_all = time.perf_counter()
+    failed: list[str] = []
     for name in only:
         t0 = time.perf_counter()
         print(f"== {name} ==", flush=True)
-        if name == "ingest":
-            sec = bench_ingest(repeats, args.quick)
-        elif name == "loader":
-            sec = bench_loader(repeats, args.quick)
-        elif name == "train":
-            sec = bench_train(repeats, args.quick, args.full_batch, args.full_repeats)
-        else:
-            sec = bench_e2e(args.e2e_repeats, args.quick)
+        try:
+            if name == "ingest":
+                sec = bench_ingest(repeats, args.quick)
+            elif name == "loader":
+                sec = bench_loader(repeats, args.quick)
+            elif name == "train":
+                sec = bench_train(repeats, args.quick, args.full_batch, args.full_repeats)
+            else:
+                sec = bench_e2e(args.e2e_repeats, args.quick)
+        except Exception as e:  # one broken section must not cost the others their figures
+            print(f"error: section {name} failed: {e}", file=sys.stderr, flush=True)
+            sec = {"error": f"{type(e).__name__}: {e}"}
+            failed.append(name)
         sec["quick"] = args.quick
         sec["seconds"] = time.perf_counter() - t0
         sec["measured_utc"] = results["machine"]["date_utc"]
@@ -408,7 +414,9 @@ def main(argv: list[str] | None = None) -> int:
     common.write_json(args.results, results)
     common.write_text(args.doc, common.render_doc(results))
     print(f"wrote {args.results} and {args.doc} in {time.perf_counter() - t_all:.0f} s")
-    return 0
+    if failed:
+        print(f"error: section(s) {', '.join(failed)} failed (see above)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -135,6 +135,12 @@ def test_render_doc_fills_measured_and_marks_missing():
     assert common.NOT_MEASURED in make_test_row
     assert "not measured (no GPU lent)" in doc and "Test CPU" in doc
 
+    results["sections"]["train"] = {"error": "RuntimeError: train_bench exited with -9"}
+    doc = common.render_doc(results)
+    assert "failed (RuntimeError: train_bench exited with -9)" in doc
+    mfu_row = next(r for r in doc.splitlines() if r.startswith("| full jemalloc B=?: MFU"))
+    assert common.NOT_MEASURED in mfu_row
+
 
 def test_ingest_figures_from_ingest_bench_json():
     ing = {
@@ -203,3 +209,35 @@ def test_newest_run_dir_picks_latest_finished_run(tmp_path):
     (tmp_path / "baseline-20260104T000000Z" / "metrics.json").write_text("{}")
     assert bench_run.newest_run_dir(tmp_path, "tuned").name == "tuned-20260102T000000Z"
     assert bench_run.newest_run_dir(tmp_path, "tuned", after=5000) is None
+
+
+def test_bench_train_plan_extrapolates_memory_and_shrinks_batch(monkeypatch):
+    """Full-size batch 20 is only measured when the B=2/B=4 probes say it fits."""
+    calls = []
+    gib = 2**30
+
+    def fake_child(size, batch, steps, warmup, env, tag):
+        calls.append((size, batch, tag))
+        rss = (1 + 2 * batch) * gib if size == "full" else gib // 2  # 2 GiB per sample
+        return {"batch": batch, "step_s_median": batch / 4.0, "threads": 2,
+                "peak_rss_bytes": rss, "command": f"train_bench {size} {batch}"}  # fmt: skip
+
+    monkeypatch.setattr(bench_run, "train_child", fake_child)
+    monkeypatch.setattr(mfu, "matmul_flops_per_s", lambda n, repeats: [1e12, 2e12, 3e12])
+    monkeypatch.setattr(bench_run, "mem_available_bytes", lambda: 30 * gib)  # B=20 needs 41
+
+    out = bench_run.bench_train(repeats=2, quick=False, full_batch=20, full_repeats=2)
+    assert out["full_batch"] == 4
+    assert [c[:2] for c in calls[:2]] == [("full", 2), ("full", 4)]  # probes first
+    assert out["full_b20_rss_estimate_gib"] == pytest.approx(41.0)
+    assert out["full_jemalloc_samples_per_s"]["runs"] == [4.0, 4.0]
+    assert out["full_glibc_samples_per_s"]["n"] == 1
+    train_flops = out["flops"]["full"]["train"]
+    assert out["full_jemalloc_mfu"]["median"] == pytest.approx(4.0 * train_flops / 2e12)
+    assert out["local_jemalloc_samples_per_s"]["n"] == 2
+
+    calls.clear()
+    monkeypatch.setattr(bench_run, "mem_available_bytes", lambda: 100 * gib)
+    out = bench_run.bench_train(repeats=1, quick=False, full_batch=20, full_repeats=1)
+    assert out["full_batch"] == 20
+    assert ("full", 20) in [c[:2] for c in calls]
