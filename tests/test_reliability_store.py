@@ -133,6 +133,7 @@ def test_promotion_with_gateway_gone_leaves_pointer_on_complete_version(
 # --- concurrency: separate processes, as two pods would be ------------------------------------
 UPLOADER = """
 import sys
+from pathlib import Path
 from cloudml.storage import open_store, run_prefix, upload_dir
 src, run_id = sys.argv[1:3]
 upload_dir(open_store("s3://t-rel-two"), Path(src), run_prefix("tuned", run_id))
