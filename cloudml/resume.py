@@ -127,7 +127,11 @@ def _local_epoch(out_dir: Path) -> int:
         return 0
     from cloudml.train_ckpt import load_checkpoint  # torch only where a checkpoint exists
 
-    return int(load_checkpoint(last)["state"]["epoch"])
+    try:
+        return int(load_checkpoint(last)["state"]["epoch"])
+    except (CloudMLError, KeyError, TypeError, ValueError) as e:
+        log.warning("stage state: local %s is unusable (%s); the store's state wins", last, e)
+        return 0
 
 
 def restore_stage_state(store: Store, prefix: str, out_dir: str | Path) -> int:

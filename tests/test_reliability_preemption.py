@@ -230,3 +230,14 @@ def test_retried_ingest_redoes_only_unfinished_flights(tmp_path, monkeypatch):
     write_flight(raw, "30Oct24", flight_arrays(n_frames=20, seed=5))
     assert not shard_is_current(out / "30Oct24.h5", raw, "30Oct24", cfg)
     assert shard_is_current(out / "04Nov24.h5", raw, "04Nov24", cfg)
+
+
+def test_unreadable_local_last_pt_is_replaced_from_the_store(tmp_path, caplog):
+    store = LocalStore(tmp_path / "store")
+    _fake_stage(tmp_path / "a", 2)
+    save_stage_state(store, PREFIX, tmp_path / "a")
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "last.pt").write_bytes(b"half a checkpoint")  # e.g. a disk error
+    assert restore_stage_state(store, PREFIX, tmp_path / "b") == 2
+    assert "unusable" in caplog.text and str(tmp_path / "b" / "last.pt") in caplog.text
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["state"]["epoch"] == 2
