@@ -18,6 +18,7 @@ import argparse
 import datetime as dt
 import json
 import logging
+import os
 import re
 import shutil
 import time
@@ -169,6 +170,8 @@ def run_local(
     run_dir.mkdir(parents=True, exist_ok=False)
     root.mkdir(parents=True, exist_ok=True)
 
+    # Stage state and the local champion live in a directory store unless one is configured.
+    os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
     graph = _training_module().build_pipeline(pipeline, retries=False)
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     print(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudml.config import Config, build_config, config_from_dict
-from cloudml.errors import DataError, StorageError
+from cloudml.errors import DataError, GateFailed, StorageError
 from cloudml.fileio import atomic_path
 from cloudml.gate import gate_verdict
 
@@ -117,15 +118,16 @@ def ingest_summaries(dirs: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
 
 
 # --- training --------------------------------------------------------------------------
-def _epoch_logger(stage: str, pipeline: str):
-    """on_epoch callback: a log line per epoch, and the Pushgateway when telemetry exists."""
-    telemetry = None
-    try:
-        from cloudml.telemetry import Telemetry
+def _telemetry(pipeline: str, stage: str):
+    """The stage's Pushgateway client (a no-op with one info line when PUSHGATEWAY_URL is unset)."""
+    from cloudml.telemetry import Telemetry
 
-        telemetry = Telemetry(pipeline, stage)
-    except ImportError:
-        pass
+    return Telemetry(pipeline, stage)
+
+
+def _epoch_logger(stage: str, pipeline: str):
+    """on_epoch callback: a log line per epoch, and the epoch's metrics to the Pushgateway."""
+    telemetry = _telemetry(pipeline, stage)
 
     def on_epoch(rec: dict[str, Any]) -> None:
         log.info(
@@ -137,27 +139,42 @@ def _epoch_logger(stage: str, pipeline: str):
             rec.get("val_r2", float("nan")),
             rec.get("lr", float("nan")),
         )
-        if telemetry is not None:
-            telemetry.epoch(rec)
+        telemetry.epoch(rec)
 
     return on_epoch
 
 
-def run_pretrain(shard_dirs: list[str], config_json: str, out_dir: Path) -> dict[str, Any]:
+def _resumable(stage: str, pipeline: str, run_id: str, out_dir: Path):
+    """on_epoch for a training stage; with a run id and CLOUDML_STORE set, the stage state is
+    first restored from the store (a retry on a new pod resumes) and then synced every epoch."""
+    inner = _epoch_logger(stage, pipeline)
+    if not run_id or not os.environ.get("CLOUDML_STORE"):
+        return inner
+    from cloudml.resume import restore_stage_state, state_prefix, sync_on_epoch
+    from cloudml.storage import open_store
+
+    store = open_store()
+    prefix = state_prefix(pipeline, run_id, stage)
+    epoch = restore_stage_state(store, prefix, out_dir)
+    if epoch:
+        log.info("%s: resuming after epoch %d from %s", stage, epoch, store.describe(prefix))
+    return sync_on_epoch(store, prefix, out_dir, inner)
+
+
+def run_pretrain(
+    shard_dirs: list[str], config_json: str, out_dir: Path, run_id: str = ""
+) -> dict[str, Any]:
     """Pretrain on cfg.data.pretrain_flight's shard; checkpoints into out_dir."""
     from cloudml.train import pretrain
 
     cfg = config_from_json(config_json)
-    return pretrain(
-        collect_shards(shard_dirs),
-        cfg,
-        Path(out_dir),
-        on_epoch=_epoch_logger("pretrain", cfg.preset),
-    )
+    on_epoch = _resumable("pretrain", cfg.preset, run_id, Path(out_dir))
+    with _telemetry(cfg.preset, "pretrain").timed():
+        return pretrain(collect_shards(shard_dirs), cfg, Path(out_dir), on_epoch=on_epoch)
 
 
 def run_finetune(
-    shard_dirs: list[str], config_json: str, pretrained_dir: Path, out_dir: Path
+    shard_dirs: list[str], config_json: str, pretrained_dir: Path, out_dir: Path, run_id: str = ""
 ) -> dict[str, Any]:
     """Fine-tune from pretrained_dir/model.pt on every flight but the validation flight."""
     from cloudml.train import finetune
@@ -166,13 +183,9 @@ def run_finetune(
     ckpt = Path(pretrained_dir) / "model.pt"
     if not ckpt.is_file():
         raise StorageError(f"{ckpt}: pretrained checkpoint missing (expected pretrain's model.pt)")
-    return finetune(
-        collect_shards(shard_dirs),
-        cfg,
-        ckpt,
-        Path(out_dir),
-        on_epoch=_epoch_logger("finetune", cfg.preset),
-    )
+    on_epoch = _resumable("finetune", cfg.preset, run_id, Path(out_dir))
+    with _telemetry(cfg.preset, "finetune").timed():
+        return finetune(collect_shards(shard_dirs), cfg, ckpt, Path(out_dir), on_epoch=on_epoch)
 
 
 # --- evaluation + report ---------------------------------------------------------------
@@ -236,6 +249,8 @@ def run_evaluate(
         "finetune": Path(finetuned_dir) / "history.json",
     }
     metrics = evaluate(shards[val], Path(finetuned_dir) / "model.pt", cfg, out_dir, histories)
+    telemetry = _telemetry(cfg.preset, "evaluate")
+    telemetry.evaluation(metrics)
     verdict = gate_verdict(
         float(metrics["r2"]), float(metrics["std_ratio"]), threshold, min_std_ratio, val
     )
@@ -260,7 +275,38 @@ def run_evaluate(
         copy_file(md_path, Path(card_path))
     _write_json(out_dir / "stages.json", stages)
     _write_json(out_dir / "gate.json", verdict.as_dict())
+    telemetry.duration(stages["evaluate"])
     return {**metrics, "gate": verdict.as_dict()}
+
+
+# --- gate and promotion ----------------------------------------------------------------
+def run_gate(
+    r2: float, std_ratio: float, threshold: float, min_std_ratio: float, flight: str, pipeline: str
+) -> str:
+    """Push the verdict (a pass also stamps cloudml_last_success_timestamp_seconds), then
+    raise GateFailed unless it passed; returns the verdict line."""
+    verdict = gate_verdict(r2, std_ratio, threshold, min_std_ratio, flight)
+    _telemetry(pipeline, "gate").gate(verdict.passed, threshold)
+    if not verdict.passed:
+        raise GateFailed(verdict.message)
+    return verdict.message
+
+
+def run_promote(model_dir: Path, pipeline: str, run_id: str, r2: float) -> dict[str, Any]:
+    """Upload the gated model to runs/<pipeline>/<run id>/model in the store (CLOUDML_STORE),
+    then make it the champion if its R² beats the current one (cloudml.promotion)."""
+    from cloudml.promotion import promote
+    from cloudml.storage import open_store, run_prefix, upload_dir
+
+    if not run_id:
+        raise StorageError("promote: empty run id (expected the KFP pipeline job id)")
+    store = open_store()
+    prefix = f"{run_prefix(pipeline, run_id)}/model"
+    upload_dir(store, Path(model_dir), prefix)
+    decision = promote(store, pipeline, run_id, prefix, float(r2))
+    _telemetry(pipeline, "promote").promotion(decision)
+    log.info("promote: %s", decision.get("reason"))
+    return decision
 
 
 def copy_file(src: Path, dest: Path) -> None:

@@ -1,5 +1,8 @@
-"""finetune: all training flights + pretrained weights -> final checkpoint (Model)."""
+"""finetune: all training flights + pretrained weights -> final checkpoint (Model).
 
+run_id (the KFP job id) keys the stage state synced to the store, so a retry on a new pod
+resumes from the last finished epoch.
+"""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -9,9 +12,15 @@ from cloudml.platform import gpu_image
 
 @dsl.component(base_image=gpu_image(), install_kfp_package=False)
 def finetune(
-    shards: Input[list[Dataset]], config_json: str, pretrained: Input[Model], model: Output[Model]
+    shards: Input[list[Dataset]],
+    config_json: str,
+    pretrained: Input[Model],
+    run_id: str,
+    model: Output[Model],
 ):
     from cloudml.pipeline_steps import run_finetune
 
-    summary = run_finetune([s.path for s in shards], config_json, pretrained.path, model.path)
+    summary = run_finetune(
+        [s.path for s in shards], config_json, pretrained.path, model.path, run_id
+    )
     model.metadata.update({k: summary[k] for k in ("best_epoch", "best_val_loss") if k in summary})

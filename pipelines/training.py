@@ -1,7 +1,7 @@
 """The CloudML training pipeline, compiled once per preset.
 
-    resolve-config -> ingest-<flight> (ParallelFor over `flights`) -> pretrain -> finetune
-        -> evaluate -> gate
+    resolve-config -> ingest (ParallelFor over `flights`) -> pretrain -> finetune
+        -> evaluate -> gate -> promote
 
 Parameters: every key of cloudml.config (defaults from the preset; the Kubeflow UI shows and
 edits each), plus raw_uri, threshold and min_std_ratio. The signature is built from
@@ -9,7 +9,7 @@ cloudml.config, so a new config key becomes a pipeline parameter without an edit
 
 Placement: pretrain/finetune/evaluate request one nvidia.com/gpu and carry the GPU pool's
 node selector and toleration (cloudml.platform.gpu_pool(), CLOUDML_GPU_* env overrides at
-compile time); resolve-config, ingest and gate run on CPU with CPU/memory requests.
+compile time); resolve-config, ingest, gate and promote run on CPU with CPU/memory requests.
 Credentials reach tasks only as env from the MinIO Secret; settings from the cloudml-settings
 ConfigMap. Compile: `python pipelines/training.py tuned OUT.yaml` or `cloudml compile`.
 """
@@ -36,6 +36,7 @@ from components.finetune import finetune  # noqa: E402
 from components.gate import gate  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.pretrain import pretrain  # noqa: E402
+from components.promote import promote  # noqa: E402
 
 # Non-secret settings in the cloudml-settings ConfigMap, exposed under the same env names.
 SETTINGS_KEYS = (
@@ -134,10 +135,15 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
         # one Collected per consumer: the compiler resolves each use separately
         return dsl.Collected(ing.outputs["shard"])
 
-    pre = pretrain(shards=shards(), config_json=config_json)
+    pre = pretrain(shards=shards(), config_json=config_json, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
     _with_env(_on_gpu(retried(pre.set_display_name("pretrain"))))
 
-    fin = finetune(shards=shards(), config_json=config_json, pretrained=pre.outputs["model"])
+    fin = finetune(
+        shards=shards(),
+        config_json=config_json,
+        pretrained=pre.outputs["model"],
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
     _with_env(_on_gpu(retried(fin.set_display_name("finetune"))))
 
     ev = evaluate(
@@ -157,8 +163,18 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
         threshold=p["threshold"],
         min_std_ratio=p["min_std_ratio"],
         flight=p["validation_flight"],
+        pipeline=preset,
     )
     _with_env(_on_cpu(g.set_display_name("gate"), SMALL_TASK))
+
+    # Only a passed gate reaches promotion; the champion pointer moves only if R² beats it.
+    # Not cached: the decision depends on the store's current champion, not on the inputs.
+    pr = promote(
+        model=fin.outputs["model"], pipeline=preset, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        r2=ev.outputs["r2"],
+    ).after(g)  # fmt: skip
+    pr.set_display_name("promote").set_caching_options(False)
+    _with_env(_on_cpu(retried(pr), SMALL_TASK))
 
 
 def pipeline_name(preset: str) -> str:

@@ -18,7 +18,7 @@ from cloudml.kfp_ops import compile_pipeline
 
 MARKER = "s3cr3t-marker-7f1c"
 GPU_TASKS = ("pretrain", "finetune", "evaluate")
-CPU_TASKS = ("resolve-config", "ingest", "gate")
+CPU_TASKS = ("resolve-config", "ingest", "gate", "promote")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,12 +56,21 @@ def test_stages_and_dependencies(compiled):
     _, spec, _, _ = compiled
     root = spec["root"]["dag"]["tasks"]
     loop = next(k for k in root if k.startswith("for-loop"))
-    assert set(root) == {"resolve-config", loop, "pretrain", "finetune", "evaluate", "gate"}
+    assert set(root) == {
+        "resolve-config",
+        loop,
+        "pretrain",
+        "finetune",
+        "evaluate",
+        "gate",
+        "promote",
+    }
     assert root[loop]["dependentTasks"] == ["resolve-config"]
     assert loop in root["pretrain"]["dependentTasks"]
     assert "pretrain" in root["finetune"]["dependentTasks"]
     assert {"finetune", "pretrain"} <= set(root["evaluate"]["dependentTasks"])
     assert root["gate"]["dependentTasks"] == ["evaluate"]
+    assert "gate" in root["promote"]["dependentTasks"]  # only a passed gate promotes
     assert "ingest" in _tasks(spec)
     # the gate compares evaluate's float outputs, not a metrics artifact
     g = root["gate"]["inputs"]["parameters"]
@@ -143,7 +152,7 @@ def test_gpu_placement_only_on_training_and_evaluation(compiled):
 def test_retries_on_ingest_and_training_none_on_gate(compiled):
     _, spec, _, _ = compiled
     tasks = _tasks(spec)
-    for name in ("ingest", "pretrain", "finetune"):
+    for name in ("ingest", "pretrain", "finetune", "promote"):
         rp = tasks[name]["retryPolicy"]
         assert rp["maxRetryCount"] >= 1 and rp["backoffDuration"] and rp["backoffFactor"] > 1
     assert "retryPolicy" not in tasks["gate"]
@@ -160,7 +169,7 @@ def test_credentials_only_from_secret_and_configmap(compiled):
     _, spec, plat, text = compiled
     assert MARKER not in text
     kube = plat["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("ingest", *GPU_TASKS, "gate"):
+    for name in ("ingest", *GPU_TASKS, "gate", "promote"):
         (sec,) = kube[f"exec-{name}"]["secretAsEnv"]
         assert sec["secretName"] == platform.MINIO_SECRET_NAME
         assert {e["secretKey"]: e["envVar"] for e in sec["keyToEnv"]} == platform.MINIO_SECRET_ENV
