@@ -127,6 +127,8 @@ def collect_run(outputs: dict[str, Path], run_dir: Path, record: dict[str, Any])
             shutil.copyfile(ckpt, tmp)
     with atomic_path(run_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    for p in run_dir.iterdir():  # atomic_path's temp files are 0600; these are for reading
+        p.chmod(0o644)
 
 
 def summary_table(metrics: dict[str, Any], stages: dict[str, float], verdict_msg: str) -> str:

@@ -68,12 +68,13 @@ def _table(header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> str:
 
 
 def data_rows(data: dict[str, dict[str, Any]]) -> list[tuple[str, int, str]]:
-    """(flight, samples kept, dropped by reason) per flight, flights in name order."""
+    """(flight, samples kept, dropped by reason) per flight, flights in name order; reasons
+    that dropped nothing are left out."""
     rows = []
     for flight in sorted(data):
         s = data[flight]
         dropped = s.get("dropped") or {}
-        why = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items())) or "none"
+        why = ", ".join(f"{k}: {v}" for k, v in sorted(dropped.items()) if v) or "none"
         rows.append((flight, int(s.get("n_samples", 0)), why))
     return rows
 
@@ -198,4 +199,8 @@ def write_report(out_dir: Path, ctx: dict[str, Any]) -> tuple[Path, Path]:
 
 def load_plots(eval_dir: Path) -> dict[str, str]:
     """Base64 of the evaluate plots present in eval_dir (missing ones are left out)."""
-    return {name: encode_png(Path(eval_dir) / name) for name in PLOTS if (Path(eval_dir) / name).is_file()}
+    return {
+        name: encode_png(Path(eval_dir) / name)
+        for name in PLOTS
+        if (Path(eval_dir) / name).is_file()
+    }

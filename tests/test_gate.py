@@ -54,3 +54,12 @@ def test_metrics_file_missing_key_names_file(tmp_path):
     m.write_text(json.dumps({"r2": 0.5}))
     with pytest.raises(Exception, match=f"{m}: missing key"):
         gate_from_metrics_file(m)
+
+
+def test_pipeline_gate_step_raises_with_message_and_needs_no_pushgateway(monkeypatch):
+    from cloudml.pipeline_steps import run_gate
+
+    monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)
+    assert run_gate(0.5, 0.9, 0.3, 0.1, "12Feb25", "tuned").startswith("gate PASSED")
+    with pytest.raises(GateFailed, match=r"R² = 0.2000 \(threshold 0.3000\)"):
+        run_gate(0.2, 0.9, 0.3, 0.1, "12Feb25", "tuned")

@@ -85,7 +85,9 @@ def test_model_card_sections():
 
 
 def test_data_rows_sorted_and_counted():
-    rows = data_rows({"b": {"n_samples": 2, "dropped": {"z": 1, "a": 3}}, "a": {"n_samples": 1}})
+    rows = data_rows(
+        {"b": {"n_samples": 2, "dropped": {"z": 1, "a": 3, "m": 0}}, "a": {"n_samples": 1}}
+    )
     assert rows == [("a", 1, "none"), ("b", 2, "a: 3, z: 1")]
 
 
