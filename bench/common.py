@@ -246,6 +246,11 @@ def render_doc(results: dict[str, Any]) -> str:
         "ingest,loader,train,e2e --repeats N`; a smoke test: `bench/run.py --quick`. Run it on",
         "a quiet machine: other processes on the same cores move every figure.",
         "",
+        "Defaults of `make bench`: 3 runs per figure, full-size training at batch 4 (2 runs under",
+        "jemalloc, 1 under glibc; a batch-20 step takes minutes on 2 cores, `--full-batch 20`",
+        "measures it when the memory probes say it fits), 1 run each of `make run` and",
+        "`make test`. Logs of every child: `build/bench/logs/`.",
+        "",
         "## Machine",
         "",
         markdown_table(
@@ -337,6 +342,12 @@ def render_doc(results: dict[str, Any]) -> str:
             figure_rows(
                 [
                     ("production loader", ld.get("production_samples_per_s"), "", 1.0),
+                    (
+                        "production loader, gather only (no augmentation)",
+                        ld.get("production_no_augment_samples_per_s"),
+                        "",
+                        1.0,
+                    ),
                     ("reread loader (research design)", ld.get("reread_samples_per_s"), "", 1.0),
                     (
                         "speedup, paired per round",

@@ -108,9 +108,16 @@ def reread_dataset(raw_dir: Path, flight: str, shard: Shard, cfg: Config) -> Rer
 
 # --- one epoch's worth of batches, both ways ----------------------------------------------
 def production_batches(
-    pool: Pool, scalers: dict[str, float], batch: int, n_batches: int | None, seed: int = 0
+    pool: Pool,
+    scalers: dict[str, float],
+    batch: int,
+    n_batches: int | None,
+    seed: int = 0,
+    with_augment: bool = True,
 ) -> int:
-    """Deliver augmented batches as cloudml.train.fit does; returns the samples delivered."""
+    """Deliver augmented batches as cloudml.train.fit does; returns the samples delivered.
+
+    with_augment=False times the gather alone, to show where the loader's time goes."""
     gen = torch.Generator().manual_seed(seed)
     n = 0
     for k, bidx in enumerate(batches(epoch_order(len(pool), None, gen), batch)):
@@ -118,7 +125,9 @@ def production_batches(
             break
         b = bidx.numpy()
         x = gather_batch(pool, b)  # (B, T, H, W)
-        x, saa = augment(x, torch.as_tensor(pool.saa_deg[b]), gen)
+        saa = torch.as_tensor(pool.saa_deg[b])
+        if with_augment:
+            x, saa = augment(x, saa, gen)
         scalar_inputs(torch.as_tensor(pool.sza_deg[b]), saa, scalers)  # (B, 3)
         n += len(b)
     return n
@@ -167,15 +176,17 @@ def measure(
     shard = read_shard(shard_path)
     ds = reread_dataset(raw_dir, FLIGHT, shard, cfg)
     scalers = fit_scalers(pool.cbh_km, pool.sza_deg)
-    prod, rere = [], []
+    prod, rere, gather = [], [], []
     for r in range(repeats):  # interleaved, so both see the same machine load
         prod.append(rate(lambda r=r: production_batches(pool, scalers, batch, None, seed=r)))
+        gather.append(rate(lambda r=r: production_batches(pool, scalers, batch, None, r, False)))
         rere.append(rate(lambda r=r: reread_batches(ds, pool, scalers, batch, reread_batches_n, r)))
         print(f"loader round {r + 1}: production {prod[-1]:.1f} samples/s, "
               f"reread {rere[-1]:.2f} samples/s", flush=True)  # fmt: skip
     return {
         "production_samples_per_s": prod,
         "reread_samples_per_s": rere,
+        "production_no_augment_samples_per_s": gather,
         "n_samples": len(pool),
         "frame_shape": list(pool.frame_shape),
         "temporal_frames": pool.temporal_frames,

@@ -158,6 +158,11 @@ def loader_figures(lb: dict[str, Any], command: str) -> dict[str, Any]:
         "production_samples_per_s": figure(prod, "samples/s", command),
         "reread_samples_per_s": figure(rere, "samples/s", command),
         "speedup_vs_reread": ratio_figure(prod, rere, "x", command),
+        "production_no_augment_samples_per_s": figure(
+            lb.get("production_no_augment_samples_per_s") or [], "samples/s", command
+        )
+        if lb.get("production_no_augment_samples_per_s")
+        else None,
         "info": {k: lb[k] for k in ("n_samples", "frame_shape", "temporal_frames", "batch",
                                     "reread_batches")},
     }  # fmt: skip

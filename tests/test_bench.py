@@ -193,6 +193,7 @@ def test_loader_batches_count_samples(tmp_path):
     expect = n - 1 if n % 4 == 1 else n  # a trailing batch of one is dropped (BatchNorm)
     assert loader_bench.production_batches(pool, sc, 4, None) == expect
     assert loader_bench.production_batches(pool, sc, 4, 2) == 8
+    assert loader_bench.production_batches(pool, sc, 4, 2, with_augment=False) == 8
     assert loader_bench.reread_batches(ds, pool, sc, 4, 1) == 4
 
 
