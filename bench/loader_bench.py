@@ -7,8 +7,8 @@ Both loaders deliver augmented (B=20, T=5, 440, 640) batches of the same full-si
   gather `frames[index[batch]]` plus float-space augmentation;
 - reread (DESIGN §3, the research design): for every sample, reopen the raw IRAI HDF5 file,
   read the T frames, swath-slice, flat-field, min-max, CLAHE, z-score — every time. Its flat
-  is fitted once up front (generous to it: the research code refitted nothing per sample
-  either), with exactly ingest's arithmetic, so both loaders give the same tensors.
+  is fitted once up front (in its favour), with exactly ingest's arithmetic, so both loaders
+  give bit-identical tensors (tests/test_bench.py).
 Prints one JSON line; `run.py` calls `measure` directly.
 """
 
