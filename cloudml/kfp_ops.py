@@ -142,8 +142,10 @@ def _probe(host: str, token: str | None, timeout: float = 10.0) -> None:
     req = urllib.request.Request(f"{host}/apis/v2beta1/healthz")
     if token:
         req.add_header("Authorization", f"Bearer {token}")
+    # no proxies from the environment: kfp.Client's own HTTP client ignores them too
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with opener.open(req, timeout=timeout) as resp:
             resp.read()
     except urllib.error.HTTPError as e:
         raise KfpError(
