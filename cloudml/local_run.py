@@ -101,7 +101,7 @@ def _failed_task(message: str) -> str:
 
 
 def find_outputs(root: Path) -> dict[str, Path]:
-    """Artifact directories of one local run: evaluation, finetune model, pretrain model."""
+    """Outputs of one local run: evaluation, finetune/pretrain model dirs, promote's result."""
     runs = sorted(p for p in root.iterdir() if p.is_dir())
     if not runs:
         raise CloudMLError(f"{root}: the local runner left no run directory")
@@ -111,7 +111,16 @@ def find_outputs(root: Path) -> dict[str, Path]:
         "finetune": run / "finetune" / "model",
         "pretrain": run / "pretrain" / "model",
     }
+    out["promote"] = run / "promote" / "executor_output.json"
     return {k: v for k, v in out.items() if v.exists()}
+
+
+def promoted(outputs: dict[str, Path]) -> bool:
+    """Whether the promote task made this run's model the champion (False if it did not run)."""
+    path = outputs.get("promote")
+    if path is None:
+        return False
+    return bool(json.loads(path.read_text()).get("parameterValues", {}).get("Output", False))
 
 
 def collect_run(outputs: dict[str, Path], run_dir: Path, record: dict[str, Any]) -> None:
@@ -214,6 +223,7 @@ def run_local(
         "gate_passed": verdict.passed,
         "threshold": threshold,
         "min_std_ratio": min_std_ratio,
+        "promoted": promoted(outputs),
         "seconds": stages,
         **{f"{k}_seconds": v for k, v in stages.items()},
         "pipeline": pipeline,

@@ -120,6 +120,9 @@ def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypa
     for key in ("r2", "mae_km", "rmse_km", "loss", "std_ratio", "n", "gate_passed", "threshold"):
         assert key in m, key
     assert m["gate_passed"] is True and m["threshold"] == -1e9 and m["flight"] == "12Feb25"
+    assert m["promoted"] is True  # first model in a fresh local store becomes the champion
+    champion = tmp_path / "build" / "kfp-local" / "store" / "models" / "tuned"
+    assert (champion / "champion.json").is_file(), "promote wrote no champion pointer"
     assert m["n"] > 0 and m["rmse_km"] >= m["mae_km"] > 0
     for stage in ("ingest", "pretrain", "finetune", "evaluate", "total"):
         assert m[f"{stage}_seconds"] > 0, stage
@@ -139,6 +142,7 @@ def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypat
     assert rc == 1
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["gate_passed"] is False and m["threshold"] == 0.99
+    assert m["promoted"] is False  # promote never runs after a failed gate
     assert f"R² = {m['r2']:.4f} (threshold 0.9900)" in out
     assert "gate FAILED on validation flight 12Feb25" in out
     assert "gate FAILED" in (run_dir / "report.html").read_text()
