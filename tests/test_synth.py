@@ -98,6 +98,28 @@ def test_rewrite_replaces_flight_atomically(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["12Feb25"]
 
 
+def test_failed_write_leaves_no_partial_flight(tmp_path, monkeypatch):
+    synth.write_campaign(tmp_path, seed=0, frame_size=SMALL, flights=["12Feb25"])
+    before = h5py.File(flight_paths(tmp_path, "12Feb25")[0])[layout.IRAI_SIGNAL][:]
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(layout, "write_nav", broken)  # the last of the three files
+    with pytest.raises(OSError, match="disk full"):
+        synth.write_campaign(tmp_path, seed=1, frame_size=SMALL, flights=["12Feb25", "10Feb25"])
+    assert [p.name for p in tmp_path.iterdir()] == ["12Feb25"]  # no temp dir, no 10Feb25
+    after = h5py.File(flight_paths(tmp_path, "12Feb25")[0])[layout.IRAI_SIGNAL][:]
+    np.testing.assert_array_equal(before, after)  # the previous complete flight is kept
+
+
+def test_full_size_frames(tmp_path):
+    fl = synth.synth_flight("23Oct24", seed=0, frame_size=(512, 640), params=_short("23Oct24", 8))
+    assert fl.signal.shape[1:] == (512, 640) and fl.signal.dtype == np.uint16
+    assert fl.gsd_m == (25.0, 25.0)
+    assert 0 < fl.signal.min() and fl.signal.max() < 65535
+
+
 def test_cli_writes_requested_flights(tmp_path):
     rc = cli.main(
         ["synth", "--out", str(tmp_path), "--frame-size", "16x20", "--flights", "12Feb25"]
@@ -316,7 +338,7 @@ def test_shadow_geometry_recovers_the_label(campaign):
     r2_lin = _r2(val.y, np.column_stack([np.ones(len(val.y)), _global_stats(val.raw)]) @ coef)
     print(f"shadow-geometry estimator: R2(12Feb25) = {r2:.3f} (h = {a:.2f} + {b:.2f} h_shadow)")
     assert b > 0.3  # the shadow displacement grows with the lidar height
-    assert r2 > 0.15 and r2 > r2_lin + 0.15
+    assert r2 > 0.4 and r2 > r2_lin + 0.2
 
 
 def test_campaigns_differ(campaign):

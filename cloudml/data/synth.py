@@ -47,6 +47,7 @@ FULL_GSD_M = 25.0  # at 512 x 640
 FOOTPRINT_M = (layout.FULL_ROWS * FULL_GSD_M, layout.FULL_COLS * FULL_GSD_M)  # 12.8 x 16 km
 LOCAL_FRAME = (32, 40)  # 16x coarser: 400 m GSD, the area average of a full frame
 MAX_SHADOW_M = 9_000.0  # scene margin around the footprint for shadows cast from outside
+TURN_S = 30  # no frames while the aircraft turns between straight legs
 
 
 @dataclass(frozen=True)
@@ -60,11 +61,12 @@ class FlightParams:
     base_corr_km: float  # along-track correlation length of the base series
     thick_km: tuple[float, float]  # cloud thickness: mean, sd (slowly varying)
     lapse_k_per_km: float  # cloud-top temperature decrease with height
+    air_sea_dt_k: float  # sea skin warmer than the near-surface air (cold-air outbreaks: large)
     cloud_frac: tuple[float, float]  # range the along-track cloud fraction wanders in
     tau_per_sd: float  # optical depth per unit excess of the cloud field over threshold
     sza_deg: tuple[float, float]  # solar zenith at start, end of the leg
-    saa_rel_deg: tuple[float, float]  # solar azimuth from the heading at start, end
-    heading_deg: float  # true heading (documentation; SAA is written relative to it)
+    legs_saa_deg: tuple[float, ...]  # solar azimuth from the heading on each straight leg
+    heading_deg: float  # true heading of the first leg (documentation)
     shadow_k: float  # surface cooling under a fully opaque cloud shadow
     gain: float  # counts per K
     offset: float  # counts at 0 K
@@ -73,13 +75,14 @@ class FlightParams:
     second_layer_prob: float = 0.04  # per-profile chance of an upper (sub-visible) layer
     frame_drop: float = 0.03  # chance a frame slot starts a dropout (1-3 frames)
     cpl_jitter_s: float = 0.12  # sd of the CPL clock against the IRAI clock
+    saa_drift_deg: float = 3.0  # the sun's azimuth change over the flight
 
 
-_OCT = dict(sst_k=296.0, lapse_k_per_km=6.2)
-_FEB = dict(sst_k=287.5, lapse_k_per_km=6.8)
+_OCT = dict(sst_k=296.0, lapse_k_per_km=6.2, air_sea_dt_k=1.0)
+_FEB = dict(sst_k=287.5, lapse_k_per_km=6.8, air_sea_dt_k=3.5)
 FLIGHT_PARAMS: dict[str, FlightParams] = {
     "10Feb25": FlightParams(
-        n_slots=720,
+        n_slots=810,
         start_utc="19:02:10",
         **{**_FEB, "sst_k": 287.0},
         base_km=(0.80, 0.35),
@@ -88,16 +91,16 @@ FLIGHT_PARAMS: dict[str, FlightParams] = {
         cloud_frac=(0.18, 0.40),
         tau_per_sd=12.0,
         sza_deg=(64.0, 62.0),
-        saa_rel_deg=(120.0, 118.0),
+        legs_saa_deg=(120.0, 300.0, 120.0),
         heading_deg=330.0,
         shadow_k=1.7,
-        gain=38.0,
+        gain=26.0,
         offset=2500.0,
         vignetting=0.015,
         land_segments=((0.62, 25.0, 350.0),),
     ),
     "30Oct24": FlightParams(
-        n_slots=1350,
+        n_slots=1530,
         start_utc="16:41:05",
         **_OCT,
         base_km=(0.95, 0.45),
@@ -106,7 +109,7 @@ FLIGHT_PARAMS: dict[str, FlightParams] = {
         cloud_frac=(0.30, 0.55),
         tau_per_sd=13.0,
         sza_deg=(58.0, 52.0),
-        saa_rel_deg=(215.0, 222.0),
+        legs_saa_deg=(218.0, 38.0, 218.0, 38.0),
         heading_deg=20.0,
         shadow_k=1.6,
         gain=52.0,
@@ -115,7 +118,7 @@ FLIGHT_PARAMS: dict[str, FlightParams] = {
         land_segments=((0.18, 30.0, 1200.0), (0.81, 20.0, 60.0)),
     ),
     "04Nov24": FlightParams(
-        n_slots=650,
+        n_slots=700,
         start_utc="17:20:44",
         **{**_OCT, "sst_k": 295.2},
         base_km=(0.70, 0.35),
@@ -124,11 +127,11 @@ FLIGHT_PARAMS: dict[str, FlightParams] = {
         cloud_frac=(0.18, 0.40),
         tau_per_sd=11.5,
         sza_deg=(57.0, 61.0),
-        saa_rel_deg=(300.0, 296.0),
+        legs_saa_deg=(298.0, 118.0),
         heading_deg=200.0,
         shadow_k=1.5,
-        gain=64.0,
-        offset=-3000.0,
+        gain=78.0,
+        offset=-6000.0,
         vignetting=0.018,
         land_segments=((0.4, 15.0, 40.0),),
     ),
@@ -142,15 +145,15 @@ FLIGHT_PARAMS: dict[str, FlightParams] = {
         cloud_frac=(0.23, 0.50),
         tau_per_sd=14.0,
         sza_deg=(52.0, 50.0),
-        saa_rel_deg=(60.0, 64.0),
+        legs_saa_deg=(62.0, 242.0, 152.0),
         heading_deg=95.0,
         shadow_k=1.8,
-        gain=45.0,
+        gain=30.0,
         offset=900.0,
         vignetting=0.010,
     ),
     "18Feb25": FlightParams(
-        n_slots=700,
+        n_slots=780,
         start_utc="20:10:00",
         **{**_FEB, "sst_k": 288.3, "lapse_k_per_km": 7.2},
         base_km=(0.60, 0.30),
@@ -159,16 +162,16 @@ FLIGHT_PARAMS: dict[str, FlightParams] = {
         cloud_frac=(0.18, 0.40),
         tau_per_sd=11.0,
         sza_deg=(60.0, 65.0),
-        saa_rel_deg=(165.0, 170.0),
+        legs_saa_deg=(167.0, 347.0, 77.0),
         heading_deg=185.0,
         shadow_k=1.4,
-        gain=58.0,
+        gain=72.0,
         offset=-1800.0,
         vignetting=0.020,
         land_segments=((0.3, 20.0, 950.0),),
     ),
     "12Feb25": FlightParams(
-        n_slots=390,
+        n_slots=500,
         start_utc="18:30:20",
         **_FEB,
         base_km=(0.90, 0.45),
@@ -177,10 +180,10 @@ FLIGHT_PARAMS: dict[str, FlightParams] = {
         cloud_frac=(0.18, 0.40),
         tau_per_sd=12.5,
         sza_deg=(54.0, 57.0),
-        saa_rel_deg=(250.0, 245.0),
+        legs_saa_deg=(248.0, 68.0),
         heading_deg=75.0,
         shadow_k=1.6,
-        gain=33.0,
+        gain=20.0,
         offset=4000.0,
         vignetting=0.016,
         land_segments=((0.75, 12.0, 20.0),),
@@ -191,8 +194,7 @@ CLOUD_OUTER_SCALE_M = 5_000.0  # fractal cloud field: spectrum flattens above th
 CLOUD_BETA = 4.0  # power-spectrum slope (k^-beta) of the cloud field
 SST_SD_K, SST_SCALE_M = 0.25, 15_000.0  # ocean temperature anomaly
 LAND_DT_K, LAND_SD_K = 3.0, 1.2  # land warmer and rougher than the sea
-AIR_SEA_DT_K = 2.0  # near-surface air colder than the skin: cloud-top T reference
-BL_T_SD_K, BL_T_SCALE_KM = 1.2, 4.0  # boundary-layer temperature anomaly (air mass, inversion)
+BL_T_SD_K, BL_T_SCALE_KM = 2.0, 8.0  # boundary-layer temperature anomaly (air mass, inversion)
 NETD_K = 0.06  # full-resolution pixel noise; the local frame averages 16x16 pixels
 STRIPE_K = 0.08  # full-resolution column offsets (fixed pattern + slow drift)
 GAIN_DRIFT = 0.002  # per-frame relative gain wander (sd)
@@ -358,7 +360,19 @@ def synth_flight(
     keep = np.ones(p.n_slots, bool)
     for s in np.flatnonzero(rng.random(p.n_slots) < p.frame_drop):
         keep[s : s + rng.integers(1, 4)] = False
+    n_legs = len(p.legs_saa_deg)
+    leg_slots = p.n_slots / n_legs
+    for i in range(1, n_legs):  # racetrack turns: the camera data of a turn are not kept
+        keep[int(i * leg_slots) : int(i * leg_slots) + TURN_S] = False
     keep[:3] = keep[-3:] = True
+
+    def saa_at(t: np.ndarray) -> np.ndarray:
+        """Solar azimuth from the heading at times t: per leg, plus the sun's slow drift."""
+        slot = (np.asarray(t) - t0) / FRAME_DT_S
+        leg = np.clip((slot // leg_slots).astype(int), 0, n_legs - 1)
+        drift = p.saa_drift_deg * np.clip(slot / p.n_slots, 0.0, 1.0)
+        return np.mod(np.asarray(p.legs_saa_deg)[leg] + drift, 360.0)
+
     frame_t = t0 + slots[keep] * FRAME_DT_S + rng.normal(0.0, 0.01, keep.sum())  # (N,)
     n = len(frame_t)
 
@@ -389,7 +403,7 @@ def synth_flight(
         + (p.sza_deg[1] - p.sza_deg[0]) * frac
         + 0.3 * smooth_series(rng, g_rows, corr(20.0))
     )
-    saa_g = p.saa_rel_deg[0] + (p.saa_rel_deg[1] - p.saa_rel_deg[0]) * frac
+    saa_g = saa_at(row_t)  # (G,)
 
     # --- ground layers ----------------------------------------------------------------------
     land = np.zeros(g_rows, np.float32)  # (G,) 1 over land
@@ -411,7 +425,7 @@ def synth_flight(
     del sh_tau
     emis = 1.0 - np.exp(-tau)  # (G, W)
     bl_dt = BL_T_SD_K * smooth_series(rng, g_rows, corr(BL_T_SCALE_KM))  # (G,) K
-    t_top = (p.sst_k - AIR_SEA_DT_K - p.lapse_k_per_km * top + bl_dt).astype(np.float32)  # (G,)
+    t_top = (p.sst_k - p.air_sea_dt_k - p.lapse_k_per_km * top + bl_dt).astype(np.float32)  # (G,)
     cloud_layers = np.stack([emis, emis * t_top[:, None]]).astype(np.float32)  # (2, G, W)
     surface = surface[None].astype(np.float32)  # (1, G, W)
 
@@ -439,9 +453,8 @@ def synth_flight(
     del surface, cloud_layers
 
     # --- nav: per frame, slowly varying, occasional NaN ----------------------------------------
-    fr_frac = np.clip((frame_t - t0) / (p.n_slots * FRAME_DT_S), 0, 1)
     sza = np.interp(fr_nadir, g_idx, sza_g)
-    saa = np.mod(p.saa_rel_deg[0] + (p.saa_rel_deg[1] - p.saa_rel_deg[0]) * fr_frac, 360.0)
+    saa = saa_at(frame_t)
     sza_out, saa_out = sza.copy(), saa.copy()
     sza_out[rng.random(n) < 0.004] = np.nan
     saa_out[rng.random(n) < 0.004] = np.nan
