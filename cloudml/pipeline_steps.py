@@ -77,8 +77,44 @@ def raw_data_source(raw_dir: Path, flight: str) -> str:
     return "raw flight files (no synthetic-campaign marker)"
 
 
-def run_ingest(raw_uri: str, flight: str, config_json: str, out_dir: Path) -> dict[str, Any]:
-    """Ingest one flight into out_dir/<flight>.h5 plus its summary JSON; returns the summary."""
+def raw_fingerprint(raw_uri: str, flight: str) -> str:
+    """sha256 identifying the raw files of `flight` under raw_uri, cheap to compute.
+
+    Remote: the sha256 of the flight's stored manifest (it lists every object's sha256), so
+    nothing is downloaded. Local: sha256 over (file name, file sha256) of raw_uri/<flight>/.
+    Feeding it to ingest makes KFP's cache key change exactly when the raw data changes.
+    """
+    import hashlib
+
+    from cloudml.fileio import sha256_file
+
+    if raw_uri.startswith(REMOTE_SCHEMES):
+        from cloudml import storage
+
+        store = storage.open_store(raw_uri)
+        for prefix in (storage.raw_prefix(flight), flight):  # as fetch_raw_flight looks
+            if store.exists(storage.manifest_key(prefix)):
+                return storage.manifest_sha256(store, prefix)
+        raise StorageError(
+            f"raw flight {flight!r}: no manifest under {raw_uri} (raw/{flight}/ or {flight}/)"
+        )
+    flight_dir = Path(raw_uri.removeprefix("file://")) / flight
+    files = sorted(p for p in flight_dir.iterdir() if p.is_file()) if flight_dir.is_dir() else []
+    if not files:
+        raise DataError(
+            f"{flight_dir}: raw flight directory is missing or empty (raw_uri={raw_uri})"
+        )
+    h = hashlib.sha256()
+    for path in files:
+        h.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    return h.hexdigest()
+
+
+def run_ingest(
+    raw_uri: str, flight: str, config_json: str, out_dir: Path, fingerprint: str = ""
+) -> dict[str, Any]:
+    """Ingest one flight into out_dir/<flight>.h5 plus its summary JSON; returns the summary.
+    `fingerprint` (raw_fingerprint) is recorded in the summary; it is there for the cache key."""
     from cloudml.data.ingest import ingest_flight
 
     cfg = config_from_json(config_json)
@@ -88,6 +124,7 @@ def run_ingest(raw_uri: str, flight: str, config_json: str, out_dir: Path) -> di
         raw_dir = _local_raw_dir(raw_uri, flight, Path(scratch))
         summary = ingest_flight(raw_dir, flight, out_dir / f"{flight}.h5", cfg)
         summary["data_source"] = raw_data_source(raw_dir, flight)
+        summary["raw_fingerprint"] = fingerprint
     _write_json(out_dir / f"{flight}.summary.json", summary)
     return summary
 

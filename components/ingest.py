@@ -1,4 +1,8 @@
-"""ingest: one raw flight (raw_uri/<flight>/) -> one processed shard (Dataset, a directory)."""
+"""ingest: one raw flight (raw_uri/<flight>/) -> one processed shard (Dataset, a directory).
+
+raw_fingerprint is not needed by the body beyond the summary: it is an input so that KFP's
+cache key changes when the raw files change (see components/fingerprint.py).
+"""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
@@ -7,10 +11,18 @@ from cloudml.platform import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
-def ingest(raw_uri: str, flight: str, config_json: str, shard: Output[Dataset]) -> int:
+def ingest(
+    raw_uri: str, flight: str, config_json: str, raw_fingerprint: str, shard: Output[Dataset]
+) -> int:
     """Returns the number of samples kept."""
     from cloudml.pipeline_steps import run_ingest
 
-    summary = run_ingest(raw_uri, flight, config_json, shard.path)
-    shard.metadata.update({"flight": flight, "n_samples": int(summary["n_samples"])})
+    summary = run_ingest(raw_uri, flight, config_json, shard.path, raw_fingerprint)
+    shard.metadata.update(
+        {
+            "flight": flight,
+            "n_samples": int(summary["n_samples"]),
+            "raw_fingerprint": raw_fingerprint,
+        }
+    )
     return int(summary["n_samples"])

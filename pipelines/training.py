@@ -1,6 +1,6 @@
 """The CloudML training pipeline, compiled once per preset.
 
-    resolve-config -> ingest (ParallelFor over `flights`) -> pretrain -> finetune
+    resolve-config -> fingerprint + ingest (ParallelFor over `flights`) -> pretrain -> finetune
         -> evaluate -> gate -> promote
 
 Parameters: every key of cloudml.config (defaults from the preset; the Kubeflow UI shows and
@@ -33,6 +33,7 @@ from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD  # noqa: E402
 from components.config import resolve_config  # noqa: E402
 from components.evaluate import evaluate  # noqa: E402
 from components.finetune import finetune  # noqa: E402
+from components.fingerprint import fingerprint  # noqa: E402
 from components.gate import gate  # noqa: E402
 from components.ingest import ingest  # noqa: E402
 from components.pretrain import pretrain  # noqa: E402
@@ -116,10 +117,11 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
     cfg = resolved()
     config_json = cfg.output
 
-    # Fan-out: one ingest per flight. Caching is off for ingest: its input is external data
-    # (raw_uri/<flight>/) that KFP's cache key cannot see, so a cached ingest would keep
-    # serving an old shard after the raw files change. Ingest is minutes of CPU per flight,
-    # small beside the GPU stages that follow.
+    # Fan-out: one ingest per flight. Caching: ingest's real input is external data
+    # (raw_uri/<flight>/) that KFP's cache key cannot see, so an uncached fingerprint task
+    # hashes it first (on MinIO: the sha256 of the flight's stored manifest, no download) and
+    # ingest takes that hash as an input. Unchanged raw data + unchanged config = cache hit;
+    # changed raw files = new fingerprint = re-ingest.
     # The loop body resolves the config itself (from pipeline parameters) instead of taking
     # cfg.output: kfp 2.17's local runner replaces every task-output input of a ParallelFor
     # body with the loop item (kfp/local/orchestrator/task_spec_utils.py,
@@ -127,8 +129,17 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
     # its config. `.after(cfg)` keeps the up-front validation ordering.
     with dsl.ParallelFor(p["flights"]) as flight:
         cfg_in_loop = resolved().after(cfg)
-        ing = ingest(raw_uri=p["raw_uri"], flight=flight, config_json=cfg_in_loop.output)
-        ing.set_display_name("ingest").set_caching_options(False)
+        fp = fingerprint(raw_uri=p["raw_uri"], flight=flight).after(cfg)
+        _with_env(
+            _on_cpu(fp.set_display_name("fingerprint").set_caching_options(False), SMALL_TASK)
+        )
+        ing = ingest(
+            raw_uri=p["raw_uri"],
+            flight=flight,
+            config_json=cfg_in_loop.output,
+            raw_fingerprint=fp.output,
+        )
+        ing.set_display_name("ingest")
         _with_env(_on_cpu(retried(ing), CPU_TASK))
 
     def shards() -> dsl.Collected:

@@ -146,3 +146,19 @@ def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypat
     assert f"R² = {m['r2']:.4f} (threshold 0.9900)" in out
     assert "gate FAILED on validation flight 12Feb25" in out
     assert "gate FAILED" in (run_dir / "report.html").read_text()
+
+
+def test_raw_fingerprint_changes_with_raw_files_only(tmp_path):
+    from cloudml.errors import DataError
+    from cloudml.pipeline_steps import raw_fingerprint
+
+    d = tmp_path / "raw" / "12Feb25"
+    d.mkdir(parents=True)
+    (d / "a.h5").write_bytes(b"one")
+    (d / "b.hdf").write_bytes(b"two")
+    first = raw_fingerprint(str(tmp_path / "raw"), "12Feb25")
+    assert raw_fingerprint(str(tmp_path / "raw"), "12Feb25") == first
+    (d / "b.hdf").write_bytes(b"TWO")
+    assert raw_fingerprint(str(tmp_path / "raw"), "12Feb25") != first
+    with pytest.raises(DataError, match="30Oct24: raw flight directory is missing"):
+        raw_fingerprint(str(tmp_path / "raw"), "30Oct24")

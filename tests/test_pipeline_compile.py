@@ -18,7 +18,7 @@ from cloudml.kfp_ops import compile_pipeline
 
 MARKER = "s3cr3t-marker-7f1c"
 GPU_TASKS = ("pretrain", "finetune", "evaluate")
-CPU_TASKS = ("resolve-config", "ingest", "gate", "promote")
+CPU_TASKS = ("resolve-config", "fingerprint", "ingest", "gate", "promote")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -88,7 +88,7 @@ def test_one_ingest_per_flight(compiled):
     default = spec["root"]["inputDefinitions"]["parameters"]["flights"]["defaultValue"]
     assert default == list(load_config(preset).data.flights) == list(FLIGHT_NAMES)
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert sorted(body) == ["ingest", "resolve-config-2"]
+    assert sorted(body) == ["fingerprint", "ingest", "resolve-config-2"]
     assert body["ingest"]["inputs"]["parameters"]["config_json"]["taskOutputParameter"] == {
         "outputParameterKey": "Output",
         "producerTask": "resolve-config-2",
@@ -158,10 +158,17 @@ def test_retries_on_ingest_and_training_none_on_gate(compiled):
     assert "retryPolicy" not in tasks["gate"]
 
 
-def test_ingest_not_cached(compiled):
+def test_ingest_cache_key_follows_raw_data(compiled):
     _, spec, _, _ = compiled
     tasks = _tasks(spec)
-    assert tasks["ingest"]["cachingOptions"].get("enableCache") is not True
+    # ingest is cached, keyed by an uncached fingerprint of the raw files
+    assert tasks["ingest"]["cachingOptions"]["enableCache"] is True
+    assert tasks["ingest"]["inputs"]["parameters"]["raw_fingerprint"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
+        "producerTask": "fingerprint",
+    }
+    assert tasks["fingerprint"]["cachingOptions"].get("enableCache") is not True
+    assert tasks["promote"]["cachingOptions"].get("enableCache") is not True
     assert tasks["pretrain"]["cachingOptions"]["enableCache"] is True
 
 
@@ -169,7 +176,7 @@ def test_credentials_only_from_secret_and_configmap(compiled):
     _, spec, plat, text = compiled
     assert MARKER not in text
     kube = plat["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    for name in ("ingest", *GPU_TASKS, "gate", "promote"):
+    for name in ("fingerprint", "ingest", *GPU_TASKS, "gate", "promote"):
         (sec,) = kube[f"exec-{name}"]["secretAsEnv"]
         assert sec["secretName"] == platform.MINIO_SECRET_NAME
         assert {e["secretKey"]: e["envVar"] for e in sec["keyToEnv"]} == platform.MINIO_SECRET_ENV
