@@ -35,34 +35,29 @@ from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 SETTINGS = {**FAST, "epochs": 5, "warmup_steps": 6, "early_stopping_patience": 50}
 PREFIX = state_prefix("tuned", "run-1", "pretrain")
 
-# One "pod": restore from the store, then pretrain with the per-epoch sync. After epoch 2 it
-# drops a marker so the test can SIGKILL it while epoch 3 runs.
+# One "pod" runs exactly what the KFP pretrain component runs: pipeline_steps.run_pretrain with
+# the run id; CLOUDML_STORE (from the environment, as the cluster's ConfigMap sets it) is where
+# the stage state goes.
 POD = """
-import json, logging, sys
-from pathlib import Path
-from cloudml.config import load_config
-from cloudml.resume import restore_stage_state, sync_on_epoch
-from cloudml.storage import open_store
-from cloudml.train import pretrain
+import logging, sys
+from cloudml.pipeline_steps import run_pretrain
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
-uri, prefix, shard, out, marker, settings = sys.argv[1:7]
-store = open_store(uri)
-out = Path(out)
-print("restored epoch", restore_stage_state(store, prefix, out), flush=True)
-def mark(rec):
-    if rec["epoch"] == 2 and marker != "-":
-        Path(marker).write_text("2")
-cfg = load_config("tuned", json.loads(settings))
-pretrain({"30Oct24": Path(shard)}, cfg, out, on_epoch=sync_on_epoch(store, prefix, out, mark))
+shard_dir, config_json, out, run_id = sys.argv[1:5]
+run_pretrain([shard_dir], config_json, out, run_id)
 """
 
 
-def _pod(uri, shard, out, marker, env):
+def _pod(store_uri, shard, out, env):
     # one intra-op thread: on a shared 2-core box two OpenMP threads spin against other load
     # and a step gets ~50x slower; reference and resumed pods use the same setting
-    env = {**env, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-c", POD, uri, PREFIX, str(shard), str(out), str(marker)]
-    cmd.append(json.dumps(SETTINGS))
+    env = {**env, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    env.pop("PUSHGATEWAY_URL", None)
+    if store_uri:
+        env["CLOUDML_STORE"] = store_uri
+    else:
+        env.pop("CLOUDML_STORE", None)
+    config_json = load_config("tuned", SETTINGS).to_json()
+    cmd = [sys.executable, "-c", POD, str(shard.parent), config_json, str(out), "run-1"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
 
 
@@ -74,23 +69,21 @@ def _strip(history):
 def reference(tmp_path_factory):
     """The shard and one uninterrupted run (no store) to compare against."""
     root = tmp_path_factory.mktemp("preempt-ref")
-    shard = write_shards(root, ["30Oct24"], n=96, h=12, w=16)["30Oct24"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = _pod(str(root / "unused-store"), shard, root / "ref", "-", env)
+    shard = write_shards(root / "shards", ["30Oct24"], n=96, h=12, w=16)["30Oct24"]
+    proc = _pod("", shard, root / "ref", dict(os.environ))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out.decode()[-3000:]
     return shard, root / "ref"
 
 
 def _kill_after_epoch_2_then_resume(uri, store, shard, tmp_path, env):
-    marker = tmp_path / "epoch2"
     pod1 = tmp_path / "pod1"
-    proc = _pod(uri, shard, pod1, marker, env)
+    proc = _pod(uri, shard, pod1, env)
     try:
         deadline = time.monotonic() + 90
-        while not marker.exists():
+        while (read_state(store, PREFIX) or {"epoch": 0})["epoch"] < 2:
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no epoch 2 within 90 s"
+            assert time.monotonic() < deadline, "no epoch 2 in the store within 90 s"
             time.sleep(0.01)
         proc.send_signal(signal.SIGKILL)  # the node is gone: no cleanup, no flush
     finally:
@@ -102,11 +95,11 @@ def _kill_after_epoch_2_then_resume(uri, store, shard, tmp_path, env):
 
     pod2 = tmp_path / "pod2"  # the retry runs on a new pod: nothing on its disk
     assert not pod2.exists()
-    proc = _pod(uri, shard, pod2, "-", env)
+    proc = _pod(uri, shard, pod2, env)
     out, _ = proc.communicate(timeout=120)
     text = out.decode()
     assert proc.returncode == 0, text[-3000:]
-    assert f"restored epoch {saved['epoch']}" in text
+    assert f"pretrain: resuming after epoch {saved['epoch']} from" in text, text[-3000:]
     assert f"resuming from {pod2 / 'last.pt'} after epoch {saved['epoch']}" in text
     return pod2
 
@@ -133,9 +126,8 @@ def _assert_same_run(ref, out):
 def test_preempted_pretrain_resumes_from_local_store_on_new_pod(reference, tmp_path):
     shard, ref = reference
     store_dir = tmp_path / "store"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     out = _kill_after_epoch_2_then_resume(
-        str(store_dir), LocalStore(store_dir), shard, tmp_path, env
+        str(store_dir), LocalStore(store_dir), shard, tmp_path, dict(os.environ)
     )
     _assert_same_run(ref, out)
     final = read_state(LocalStore(store_dir), PREFIX)
@@ -150,7 +142,7 @@ def test_preempted_pretrain_resumes_from_seaweedfs_on_new_pod(reference, s3_serv
     shard, ref = reference
     S3Store(s3_server.endpoint, "t-preempt", access_key=S3_ACCESS_KEY,
             secret_key=S3_SECRET_KEY).ensure_bucket()  # fmt: skip
-    env = {**os.environ, **s3_server.env(), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, **s3_server.env()}
     store = S3Store(
         s3_server.endpoint, "t-preempt", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY
     )
