@@ -259,7 +259,7 @@ def shadow_height_km(frame: np.ndarray, sza: float, saa: float, gsd: tuple[float
     """Cloud height from the cloud-to-shadow displacement along the known anti-sun direction.
 
     Cross-correlates the down-sun edge of the cloud mask with the warming edge of the clear
-    sea (shadow -> sunlit) for displacements d along the shadow direction; h = d / tan(SZA).
+    sea (shadow -> sunlit) for displacements d along the shadow direction; h = d GSD / tan(SZA).
     """
     dx = frame - np.percentile(frame, 80)  # K below the clear sea
     cloud = (dx < -3.5).astype(np.float64)

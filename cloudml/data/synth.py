@@ -362,7 +362,7 @@ def synth_flight(
         keep[s : s + rng.integers(1, 4)] = False
     n_legs = len(p.legs_saa_deg)
     leg_slots = p.n_slots / n_legs
-    for i in range(1, n_legs):  # racetrack turns: the camera data of a turn are not kept
+    for i in range(1, n_legs):  # turns between legs: no camera frames are kept
         keep[int(i * leg_slots) : int(i * leg_slots) + TURN_S] = False
     keep[:3] = keep[-3:] = True
 
