@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -68,6 +69,7 @@ def step_times(args: argparse.Namespace) -> dict:
         "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
         "samples_per_s": round(args.batch / med, 1), "warmup_steps_s": round(warm_s, 2),
         "steps": args.steps,
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }  # fmt: skip
 
 
