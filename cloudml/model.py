@@ -90,11 +90,21 @@ class FrameEncoder(nn.Module):
         nn.init.zeros_(self.film[2].bias)
         self.blocks = nn.ModuleList([ConvBlock(1, c1), ConvBlock(c1, c2), ConvBlock(c2, c3)])
 
-    def forward(self, x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, scalars: torch.Tensor, segmented: bool = False
+    ) -> torch.Tensor:
+        """`segmented`: gradient checkpointing per stage, so the backward recomputes one
+        stage's internals at a time (one segment for the whole encoder would rebuild all of
+        them at once and save nothing at peak)."""
+
+        def run(f, *a):
+            return checkpoint(f, *a, use_reentrant=False) if segmented else f(*a)
+
         if self.attn is not None:
-            x = self.attn(x)
-        x = self.blocks[0](x, self.film(scalars))
-        x = self.blocks[2](self.blocks[1](x))  # (N, C3, H/8, W/8)
+            x = run(self.attn, x)
+        x = run(self.blocks[0], x, self.film(scalars))  # (N, C1, H/2, W/2)
+        x = run(self.blocks[1], x)  # (N, C2, H/4, W/4)
+        x = run(self.blocks[2], x)  # (N, C3, H/8, W/8)
         return x.mean(dim=(2, 3))  # global average pool -> (N, C3)
 
 
@@ -158,10 +168,8 @@ class CBHNet(nn.Module):
         # every frame of the batch in one call: (B*T, 1, H, W); scalars repeated per frame
         x = frames.reshape(b * t, 1, h, w).contiguous(memory_format=torch.channels_last)
         s = scalars.repeat_interleave(t, dim=0)  # (B*T, S)
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
-            feats = checkpoint(self.encoder, x, s, use_reentrant=False)
-        else:
-            feats = self.encoder(x, s)  # (B*T, C3)
+        segmented = self.use_checkpoint and self.training and torch.is_grad_enabled()
+        feats = self.encoder(x, s, segmented)  # (B*T, C3)
         feats = feats.reshape(b, t, -1)  # (B, T, C3)
         z = feats.mean(dim=1) if self.temporal is None else self.temporal(feats)  # (B, C3)
         return self.head(z).squeeze(1)  # (B,)
