@@ -29,6 +29,7 @@ from cloudml.config import Config, build_config, config_from_dict
 from cloudml.errors import DataError, GateFailed, StorageError
 from cloudml.fileio import atomic_path
 from cloudml.gate import gate_verdict
+from cloudml.resume import checkpoint_sha256, verify_stage_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,8 @@ def run_pretrain(
     cfg = config_from_json(config_json)
     on_epoch = _resumable("pretrain", cfg.preset, run_id, Path(out_dir))
     with _telemetry(cfg.preset, "pretrain").timed():
-        return pretrain(collect_shards(shard_dirs), cfg, Path(out_dir), on_epoch=on_epoch)
+        summary = pretrain(collect_shards(shard_dirs), cfg, Path(out_dir), on_epoch=on_epoch)
+    return _seal(Path(out_dir), summary)
 
 
 def run_finetune(
@@ -217,12 +219,18 @@ def run_finetune(
     from cloudml.train import finetune
 
     cfg = config_from_json(config_json)
-    ckpt = Path(pretrained_dir) / "model.pt"
-    if not ckpt.is_file():
-        raise StorageError(f"{ckpt}: pretrained checkpoint missing (expected pretrain's model.pt)")
+    ckpt = verify_stage_checkpoint(pretrained_dir)  # missing, or changed since pretrain: refused
     on_epoch = _resumable("finetune", cfg.preset, run_id, Path(out_dir))
     with _telemetry(cfg.preset, "finetune").timed():
-        return finetune(collect_shards(shard_dirs), cfg, ckpt, Path(out_dir), on_epoch=on_epoch)
+        summary = finetune(collect_shards(shard_dirs), cfg, ckpt, Path(out_dir), on_epoch=on_epoch)
+    return _seal(Path(out_dir), summary)
+
+
+def _seal(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
+    """Record model.pt's sha256 in summary.json; the next stage checks it before loading."""
+    summary = {**summary, "model_sha256": checkpoint_sha256(out_dir)}
+    _write_json(out_dir / "summary.json", summary)
+    return summary
 
 
 # --- evaluation + report ---------------------------------------------------------------
@@ -285,7 +293,7 @@ def run_evaluate(
         "pretrain": Path(pretrained_dir) / "history.json",
         "finetune": Path(finetuned_dir) / "history.json",
     }
-    metrics = evaluate(shards[val], Path(finetuned_dir) / "model.pt", cfg, out_dir, histories)
+    metrics = evaluate(shards[val], verify_stage_checkpoint(finetuned_dir), cfg, out_dir, histories)
     telemetry = _telemetry(cfg.preset, "evaluate")
     telemetry.evaluation(metrics)
     verdict = gate_verdict(

@@ -193,3 +193,30 @@ def test_checkpoint_changed_after_its_stage_is_refused(tmp_path, caplog):
     assert "not verified" in caplog.text
     with pytest.raises(DataError, match="checkpoint missing"):
         verify_stage_checkpoint(tmp_path / "nothing")
+
+
+def test_pipeline_refuses_a_checkpoint_changed_between_stages(tmp_path, monkeypatch):
+    """pretrain's summary.json records model_sha256; finetune and evaluate check it."""
+    from cloudml.pipeline_steps import run_evaluate, run_finetune, run_pretrain
+
+    monkeypatch.delenv("CLOUDML_STORE", raising=False)
+    monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a shared 2-core box: spinning OpenMP threads slow steps ~50x
+    try:
+        shard_dir = tmp_path / "shards"
+        write_shards(shard_dir, ["30Oct24", "04Nov24", "12Feb25"], n=24)
+        cfg = load_config("tuned", {**FAST, "epochs": 1}).to_json()
+        pre = tmp_path / "pretrain"
+        summary = run_pretrain([str(shard_dir)], cfg, pre)
+        assert summary["model_sha256"] == checkpoint_sha256(pre)
+        blob = bytearray((pre / "model.pt").read_bytes())
+        blob[-100] ^= 0xFF
+        (pre / "model.pt").write_bytes(bytes(blob))
+        with pytest.raises(DataError, match="does not match model_sha256"):
+            run_finetune([str(shard_dir)], cfg, pre, tmp_path / "finetune")
+        assert not (tmp_path / "finetune").exists() or not any((tmp_path / "finetune").iterdir())
+        with pytest.raises(DataError, match="does not match model_sha256"):
+            run_evaluate([str(shard_dir)], cfg, pre, pre, tmp_path / "eval", 0.3, 0.0)
+    finally:
+        torch.set_num_threads(threads)
