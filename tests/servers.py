@@ -127,7 +127,7 @@ class SeaweedS3:
                 f"-master.port={p['master']}", f"-master.port.grpc={p['master.grpc']}",
                 f"-volume.port={p['volume']}", f"-volume.port.grpc={p['volume.grpc']}",
                 "-filer", f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
-                "-master.volumeSizeLimitMB=64", "-volume.max=50",
+                "-master.volumeSizeLimitMB=64", "-volume.max=200",  # 7 volumes per bucket, grown lazily
             ],
             self.root / "server.log",
             self.root,

@@ -218,14 +218,14 @@ def test_bad_store_environment_through_cli(tmp_path, capsys, monkeypatch, case):
 @pytest.mark.servers
 def test_bad_credentials_through_cli_write_nothing(s3_server, tmp_path, capsys, monkeypatch):
     write_flight(tmp_path / "raw", "30Oct24")
-    good = S3Store(s3_server.endpoint, "t-env-cred", access_key=S3_ACCESS_KEY,
+    good = S3Store(s3_server.endpoint, "t-reliability", prefix="cred", access_key=S3_ACCESS_KEY,
                    secret_key=S3_SECRET_KEY)  # fmt: skip
     good.ensure_bucket()
     wrong = S3_SECRET_KEY + "-wrong"
     for k, v in s3_server.env(secret=wrong).items():
         monkeypatch.setenv(k, v)
     rc = main(["upload", "--src", str(tmp_path / "raw" / "30Oct24"),
-               "--dest", "s3://t-env-cred/raw/30Oct24"])  # fmt: skip
+               "--dest", "s3://t-reliability/cred/raw/30Oct24"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "credentials refused" in err and s3_server.endpoint in err, err
     assert "MINIO_SECRET_KEY" in err and wrong not in err and S3_SECRET_KEY not in err

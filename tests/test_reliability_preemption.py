@@ -140,13 +140,11 @@ def test_preempted_pretrain_resumes_from_local_store_on_new_pod(reference, tmp_p
 @pytest.mark.servers
 def test_preempted_pretrain_resumes_from_seaweedfs_on_new_pod(reference, s3_server, tmp_path):
     shard, ref = reference
-    S3Store(s3_server.endpoint, "t-preempt", access_key=S3_ACCESS_KEY,
-            secret_key=S3_SECRET_KEY).ensure_bucket()  # fmt: skip
     env = {**os.environ, **s3_server.env()}
-    store = S3Store(
-        s3_server.endpoint, "t-preempt", access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY
-    )
-    out = _kill_after_epoch_2_then_resume("s3://t-preempt", store, shard, tmp_path, env)
+    store = S3Store(s3_server.endpoint, "t-reliability", prefix="preempt",
+                    access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY)  # fmt: skip
+    store.ensure_bucket()
+    out = _kill_after_epoch_2_then_resume("s3://t-reliability/preempt", store, shard, tmp_path, env)
     _assert_same_run(ref, out)
 
 

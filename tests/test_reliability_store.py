@@ -40,9 +40,12 @@ pytestmark = pytest.mark.servers
 CFG_JSON = load_config("tuned", {"temporal_frames": 3}).to_json()
 
 
-def _store(srv, bucket, policy=None):
-    s = S3Store(srv.endpoint, bucket, access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY,
-                retry=policy)  # fmt: skip
+BUCKET = "t-reliability"  # one bucket for every reliability test: SeaweedFS grows 7 volumes each
+
+
+def _store(srv, prefix, policy=None):
+    s = S3Store(srv.endpoint, BUCKET, prefix=prefix, access_key=S3_ACCESS_KEY,
+                secret_key=S3_SECRET_KEY, retry=policy)  # fmt: skip
     s.ensure_bucket()
     return s
 
@@ -72,16 +75,16 @@ def _stop_after_first(monkeypatch, srv, method, restart: bool) -> list[threading
 
 def test_ingest_from_s3_survives_gateway_restart(s3_restartable, tmp_path, monkeypatch, caplog):
     srv = s3_restartable
-    _upload_flight(srv, "t-rel-ingest", tmp_path)
+    _upload_flight(srv, "ingest", tmp_path)
     for k, v in srv.env().items():
         monkeypatch.setenv(k, v)
     restarter = _stop_after_first(monkeypatch, srv, "get_file", restart=True)
-    summary = run_ingest("s3://t-rel-ingest/raw", "30Oct24", CFG_JSON, tmp_path / "out")
+    summary = run_ingest("s3://t-reliability/ingest/raw", "30Oct24", CFG_JSON, tmp_path / "out")
     restarter[0].join()
     assert any("transient error" in r.getMessage() for r in caplog.records)
     assert summary["n_samples"] == 18
     # the shard records the sha256 of exactly the raw files that were uploaded
-    want = read_manifest(_store(srv, "t-rel-ingest"), "raw/30Oct24")["objects"]
+    want = read_manifest(_store(srv, "ingest"), "raw/30Oct24")["objects"]
     assert summary["raw_sha256"] == {k: v["sha256"] for k, v in want.items()}
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "30Oct24.h5", "30Oct24.summary.json"]  # fmt: skip
@@ -91,15 +94,15 @@ def test_ingest_from_s3_gateway_gone_fails_clearly_leaving_nothing(
     s3_restartable, tmp_path, monkeypatch
 ):
     srv = s3_restartable
-    _upload_flight(srv, "t-rel-gone", tmp_path)
+    _upload_flight(srv, "gone", tmp_path)
     for k, v in srv.env().items():
         monkeypatch.setenv(k, v)
     monkeypatch.setenv("CLOUDML_STORE_RETRIES", "2")
     _stop_after_first(monkeypatch, srv, "get_file", restart=False)
     with pytest.raises(StorageError) as e:
-        run_ingest("s3://t-rel-gone/raw", "30Oct24", CFG_JSON, tmp_path / "out")
+        run_ingest("s3://t-reliability/gone/raw", "30Oct24", CFG_JSON, tmp_path / "out")
     msg = str(e.value)
-    assert "unreachable" in msg and srv.endpoint in msg and "t-rel-gone/raw/30Oct24/" in msg
+    assert "unreachable" in msg and srv.endpoint in msg and "t-reliability/gone/raw/30Oct24/" in msg
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -108,7 +111,7 @@ def test_promotion_with_gateway_gone_leaves_pointer_on_complete_version(
 ):
     srv = s3_restartable
     policy = RetryPolicy(attempts=2, base_delay_s=0.05, max_total_s=2.0)
-    store = _store(srv, "t-rel-promote", policy)
+    store = _store(srv, "promote", policy)
     for run_id in ("old", "new"):
         src = tmp_path / run_id
         src.mkdir()
@@ -136,7 +139,7 @@ import sys
 from pathlib import Path
 from cloudml.storage import open_store, run_prefix, upload_dir
 src, run_id = sys.argv[1:3]
-upload_dir(open_store("s3://t-rel-two"), Path(src), run_prefix("tuned", run_id))
+upload_dir(open_store("s3://t-reliability/two"), Path(src), run_prefix("tuned", run_id))
 """
 
 PROMOTER = """
@@ -144,7 +147,7 @@ import sys
 from cloudml.promotion import promote
 from cloudml.storage import open_store
 run_id, r2 = sys.argv[1], float(sys.argv[2])
-promote(open_store("s3://t-rel-race"), "tuned", run_id, f"runs/tuned/{run_id}/model", r2)
+promote(open_store("s3://t-reliability/race"), "tuned", run_id, f"runs/tuned/{run_id}/model", r2)
 """
 
 
@@ -159,7 +162,7 @@ def _run_all(code: str, argvs: list[list[str]], env: dict[str, str]) -> None:
 
 
 def test_two_concurrent_runs_never_overwrite_each_other(s3_server, tmp_path):
-    _store(s3_server, "t-rel-two")
+    _store(s3_server, "two")
     env = {**os.environ, **s3_server.env()}
     trees = {}
     for run_id in ("tuned-a", "tuned-b"):
@@ -170,7 +173,7 @@ def test_two_concurrent_runs_never_overwrite_each_other(s3_server, tmp_path):
         (src / "metrics.json").write_text(json.dumps({"run": run_id}))
         trees[run_id] = src
     _run_all(UPLOADER, [[str(p), r] for r, p in trees.items()], env)
-    store = _store(s3_server, "t-rel-two")
+    store = _store(s3_server, "two")
     for run_id, src in trees.items():
         out = tmp_path / f"back-{run_id}"
         download_dir(store, run_prefix("tuned", run_id), out)  # every object sha256-verified
@@ -180,7 +183,7 @@ def test_two_concurrent_runs_never_overwrite_each_other(s3_server, tmp_path):
 
 
 def test_promoting_processes_leave_the_pointer_on_the_best_complete_version(s3_server, tmp_path):
-    store = _store(s3_server, "t-rel-race")
+    store = _store(s3_server, "race")
     runs = {"p1": 0.41, "p2": 0.77, "p3": 0.55}
     for run_id in runs:
         src = tmp_path / run_id

@@ -141,25 +141,25 @@ def test_secret_never_reaches_logs_yaml_or_artifacts(
     for k, v in s3_server.env().items():
         monkeypatch.setenv(k, v)
     caplog.set_level(logging.DEBUG)
-    S3Store(s3_server.endpoint, "t-trust", access_key=S3_ACCESS_KEY,
+    S3Store(s3_server.endpoint, "t-reliability", access_key=S3_ACCESS_KEY,
             secret_key=S3_SECRET_KEY).ensure_bucket()  # fmt: skip
 
     yaml_path = tmp_path / "build" / "tuned.yaml"
     assert main(["-v", "compile", "--pipeline", "tuned", "--out", str(yaml_path)]) == 0
     write_flight(tmp_path / "raw", "30Oct24", flight_arrays(n_frames=20))
-    assert main(["-v", "upload", "--src", str(tmp_path / "raw"), "--dest", "s3://t-trust/raw",
+    assert main(["-v", "upload", "--src", str(tmp_path / "raw"), "--dest", "s3://t-reliability/trust/raw",
                  "--per-dir"]) == 0  # fmt: skip
     cfg = load_config("tuned", {"temporal_frames": 3}).to_json()
     art = tmp_path / "artifacts"
-    run_ingest("s3://t-trust/raw", "30Oct24", cfg, art / "ingest")
+    run_ingest("s3://t-reliability/trust/raw", "30Oct24", cfg, art / "ingest")
     stage = art / "pretrain"
     save_checkpoint(stage / "last.pt", _checkpoint(ModelConfig(memory_optimized=True)))
     (stage / "history.json").write_text('[{"epoch": 1}]')
-    store = open_store("s3://t-trust")
+    store = open_store("s3://t-reliability/trust")
     save_stage_state(store, state_prefix("tuned", "r1", "pretrain"), stage)
     upload_dir(store, art, "runs/tuned/r1/outputs")
     monkeypatch.setenv("MINIO_SECRET_KEY", marker + "-wrong")
-    assert main(["-v", "upload", "--src", str(art), "--dest", "s3://t-trust/x"]) == 2
+    assert main(["-v", "upload", "--src", str(art), "--dest", "s3://t-reliability/trust/x"]) == 2
     monkeypatch.setenv("MINIO_SECRET_KEY", marker)
 
     out = capsys.readouterr()
