@@ -154,6 +154,7 @@ def augment(
     jitter: float = 0.2,
     p_erase: float = 0.5,
     p_flip: float = 0.5,
+    p_vflip: float = 0.5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training-time augmentation in the normalised float space (never via 8-bit images).
 
@@ -166,6 +167,14 @@ def augment(
       SAA is measured clockwise from the aircraft heading: the sun direction in (along,
       cross-right) is (cos a, sin a); mirroring cross-track gives (cos a, -sin a), i.e.
       azimuth -a = 360 - a. So the mirrored sample gets SAA' = (360 - SAA) mod 360.
+    - mirror (p_vflip, independent) of the along-track axis together with reversed frame
+      order: the same scene flown on the opposite heading. The sun direction becomes
+      (-cos a, sin a), azimuth 180 - a, so SAA' = (180 - SAA) mod 360; both mirrors together
+      are a 180 deg rotation, SAA' = SAA + 180. Relief displacement is symmetric about the
+      frame centre on both axes, and reversing time keeps the scene moving towards the
+      aircraft's tail, so every transformed sample is one the sensor could have recorded.
+      Legs give each flight a few SAA values only; the mirrors give the model all four
+      reflections of each, so the shadow direction it learns generalises to unseen legs.
     """
     b, t, h, w = frames.shape
     dev = frames.device
@@ -194,4 +203,7 @@ def augment(
     flip = u(b) < p_flip  # (B,)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     saa = torch.where(flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
+    vflip = u(b) < p_vflip  # (B,)
+    x = torch.where(vflip[:, None, None, None], x.flip(-2).flip(1), x)  # rows and frame order
+    saa = torch.where(vflip.to(saa.device), torch.remainder(180.0 - saa, 360.0), saa)
     return x, saa

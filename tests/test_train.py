@@ -9,6 +9,7 @@ import cloudml.train as train
 import cloudml.train_data as train_data
 from cloudml.cli import main
 from cloudml.config import load_config
+from cloudml.data import synth
 from cloudml.data.shard import write_shard
 from cloudml.errors import ConfigError
 from cloudml.evaluate import evaluate
@@ -69,7 +70,7 @@ def test_augment_stays_float_and_mirror_maps_saa():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 3, 6, 7) * 3  # z-scored frames, far outside [0, 1]
     saa = torch.full((64,), 30.0)
-    y, saa2 = augment(x, saa, g, jitter=0.0, p_erase=0.0, p_flip=0.5)
+    y, saa2 = augment(x, saa, g, jitter=0.0, p_erase=0.0, p_flip=0.5, p_vflip=0.0)
     flipped = saa2 != saa
     assert 5 < flipped.sum() < 59
     assert torch.all(saa2[flipped] == 330.0)
@@ -207,3 +208,57 @@ def _fast_overrides():
     return {
         k: str(v).lower() if isinstance(v, bool) else v for k, v in FAST.items() if k != "epochs"
     }
+
+
+def _shadow_image(tau: np.ndarray, saa_deg: float) -> np.ndarray:
+    """(R, C) shadow optical depth of cloud `tau` (R, C) at 1 km, SZA 45, 100 m pixels."""
+    r = tau.shape[0]
+    heights = np.full((1, r), 1.0)
+    return synth.shadow_optical_depth(
+        tau, heights, np.full(r, 45.0), np.full(r, saa_deg), (100.0, 100.0)
+    )
+
+
+@pytest.mark.parametrize(
+    ("p_flip", "p_vflip", "expect_saa"),
+    [(1.0, 0.0, 360.0 - 30.0), (0.0, 1.0, 180.0 - 30.0), (1.0, 1.0, 30.0 + 180.0)],
+)
+def test_mirrors_move_the_shadow_where_the_new_saa_casts_it(p_flip, p_vflip, expect_saa):
+    """The augmented image of a shadow equals synth's shadow of the mirrored cloud cast with
+    the augmented SAA (rows along-track, row 0 forward, as synth draws them)."""
+    tau = np.zeros((48, 48), np.float32)
+    tau[14:20, 28:33] = 5.0  # an opaque blob off-centre; its shadow lands ~10 px away
+    shadow = _shadow_image(tau, 30.0)
+    frames = torch.from_numpy(np.stack([shadow, 2 * shadow, 3 * shadow]))[None]  # (1, 3, H, W)
+    g = torch.Generator().manual_seed(0)
+    y, saa = augment(frames, torch.tensor([30.0]), g, 0.0, 0.0, p_flip, p_vflip)
+    assert float(saa[0]) == pytest.approx(expect_saa)
+    mirrored = tau[:, ::-1] if p_flip else tau
+    mirrored = mirrored[::-1] if p_vflip else mirrored
+    want = _shadow_image(np.ascontiguousarray(mirrored), float(saa[0]))
+    assert want.max() > 1.0  # the shadow is in the frame
+    last = 0 if p_vflip else 2  # the along-track mirror reverses the frame order
+    np.testing.assert_allclose(y[0, last].numpy(), 3 * want, atol=1e-4)
+    # the unmirrored SAA would put it elsewhere
+    assert (
+        np.abs(y[0, last].numpy() - 3 * _shadow_image(np.ascontiguousarray(mirrored), 30.0)).max()
+        > 1.0
+    )
+
+
+def test_bn_recalibration_sees_no_dropout(tmp_path):
+    """Re-estimated BatchNorm statistics are those of evaluation-mode activations (dropout
+    off), so two re-estimations under different dropout seeds agree exactly."""
+    shards = write_shards(tmp_path, ["30Oct24"])
+    pool = train_data.load_pool(shards, ["30Oct24"], 3)
+    cfg = fast_cfg()
+    net = CBHNet(cfg.model, 3)
+    sc = fit_scalers(pool.cbh_km, pool.sza_deg)
+    idx = np.arange(len(pool))
+    stats = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        train.recalibrate_bn(net, pool, idx, sc, 16, torch.device("cpu"))
+        stats.append(net.encoder.blocks[1].bn.running_var.clone())
+    torch.testing.assert_close(stats[0], stats[1], rtol=0, atol=0)
+    assert float(stats[0].std()) > 0  # real statistics, not the reset ones

@@ -1,8 +1,9 @@
 """Tiny in-memory shards for the training/evaluation tests (no ingest, no simulator).
 
-The label is written into the frames as a row gradient scaled by the cloud base, so a
-model can learn it (a positive control) and a shuffled copy of the labels cannot. The
-gradient runs along rows (along-track), so the cross-track mirror augmentation keeps it.
+The label is written into the frames as a V-shaped row profile scaled by the cloud base,
+so a model can learn it (a positive control) and a shuffled copy of the labels cannot. The
+profile is constant across columns and symmetric in rows, so both mirror augmentations
+(cross-track, and along-track with reversed frame order) keep it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def make_shard(
     rng = np.random.default_rng(seed)
     f_count = n + t - 1
     base = 1.0 + 0.5 * np.sin(np.arange(f_count) / 5.0 + seed) + rng.normal(0, 0.1, f_count)
-    grad = np.linspace(-1, 1, h, dtype=np.float32)[:, None] * np.ones((1, w), np.float32)
+    v = np.abs(np.linspace(-1, 1, h, dtype=np.float32))  # (h,) symmetric in rows
+    grad = (v - v.mean())[:, None] * np.ones((1, w), np.float32) * 2.0  # (h, w)
     frames = (
         rng.normal(0, 0.3, (f_count, h, w)).astype(np.float32)
         + (base[:, None, None] - 1.0).astype(np.float32) * 2.0 * grad
