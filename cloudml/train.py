@@ -127,8 +127,13 @@ def recalibrate_bn(
     device: torch.device,
 ) -> None:
     """Re-estimate BatchNorm running statistics for the weights as they are now ("precise
-    BN", Wu & Johnson 2021): train-mode forward passes (dropout on, as in training; no
-    augmentation, as in evaluation) over training batches, averaged with equal weight.
+    BN", Wu & Johnson 2021): forward passes with BatchNorm in train mode and everything else
+    as in evaluation (dropout off, no augmentation) over training batches, averaged with
+    equal weight.
+
+    Dropout off: every BatchNorm after a dropout (blocks 2-3, the head's second layer) would
+    otherwise record the variance of dropped-and-rescaled inputs, which evaluation never
+    sees (the "variance shift" of dropout before BN, Li et al. 2019).
 
     Why: the momentum-0.1 running averages lag weights that move every step. Measured on the
     local campaign (30Oct24 pretrain, tuned, before this fix): eval-mode R² on the model's
@@ -141,7 +146,9 @@ def recalibrate_bn(
     for m in bns:
         m.reset_running_stats()
         m.momentum = None  # cumulative (equal-weight) average over the batches below
-    net.train()
+    net.eval()
+    for m in bns:
+        m.train()
     for b in batches(torch.as_tensor(idx), batch_size):
         b = b.numpy()
         s = scalar_inputs(
