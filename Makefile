@@ -48,7 +48,7 @@ run: $(STAMP) $(SYSTAMP) ## run PIPELINE (default tuned) on KFP's local runner, 
 test: $(STAMP) $(SYSTAMP) ## the whole test suite (lint, manifests, unit, end-to-end)
 	$(PY) -m ruff check .
 	$(MAKE) --no-print-directory manifests-check
-	$(RUN_ENV) $(PY) -m pytest -q
+	$(RUN_ENV) $(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP) ## unit tests only (skips slow end-to-end tests)
 	$(PY) -m pytest -q -m "not slow"

@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import os
 
-import pytest
+# Tests train tiny models, often beside server processes and child processes of their own:
+# one intra-op thread each avoids oversubscribing CI's 2 cores (measured: a tiny CBHNet step
+# took 2.7 s with 2 OpenMP threads on a loaded machine, 0.04 s with 1). Set before torch loads;
+# children inherit it. Benchmarks and `make run` keep all cores.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
 
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
