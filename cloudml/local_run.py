@@ -228,9 +228,28 @@ def run_local(
         **{f"{k}_seconds": v for k, v in stages.items()},
         "pipeline": pipeline,
         "config": cfg.flat(),
+        "store": _store_location(name, pipeline),
     }
     collect_run(outputs, run_dir, record)
+    _upload_run(run_dir, pipeline, name)
     return LocalRunResult(run_dir, metrics, verdict.passed, verdict.message, stages)
+
+
+def _store_location(run_name: str, pipeline: str) -> str:
+    """Where the run folder is mirrored: <CLOUDML_STORE>/runs/<pipeline>/<run name>."""
+    from cloudml.storage import run_prefix
+
+    return f"{os.environ['CLOUDML_STORE'].rstrip('/')}/{run_prefix(pipeline, run_name)}"
+
+
+def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
+    """Mirror the run folder into the store with a sha256 manifest written last (a prefix
+    with a manifest is complete). The local folder stays whatever happens."""
+    from cloudml.storage import open_store, run_prefix, upload_dir
+
+    prefix = run_prefix(pipeline, run_name)
+    upload_dir(open_store(), run_dir, prefix)
+    print(f"[cloudml] run outputs stored at {_store_location(run_name, pipeline)}")
 
 
 # --- CLI -----------------------------------------------------------------------------------

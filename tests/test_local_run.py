@@ -200,3 +200,44 @@ def test_cluster_ingest_path_reads_raw_from_s3(s3_env, tmp_path):
     nav.write_bytes(nav.read_bytes() + b"\0")
     upload_dir(store, changed, "raw/12Feb25")
     assert raw_fingerprint(raw_uri, "12Feb25") != fp
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+@pytest.mark.timeout(480)
+def test_local_run_with_s3_store_and_pushgateway(
+    tmp_path, raw_dir, monkeypatch, s3_env, pushgateway, prometheus
+):
+    """Issue 5 acceptance: the local pipeline with CLOUDML_STORE=s3:// on a real S3 server
+    (SeaweedFS) and PUSHGATEWAY_URL on a real Pushgateway scraped by a real Prometheus:
+    every object of the run verifies against its manifest, the champion pointer names a
+    complete version, and PromQL returns the run's R² with the pipeline and stage labels."""
+    from cloudml.storage import download_dir, open_store, read_manifest
+    from tests.servers import wait_for_query
+
+    store = open_store("s3://t-e2e-run/cloudml")
+    store.ensure_bucket()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CLOUDML_STORE", "s3://t-e2e-run/cloudml")
+    monkeypatch.setenv("PUSHGATEWAY_URL", pushgateway.url)
+    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold=-1e9", "--min-std-ratio=0")
+    assert rc == 0, out
+    m = json.loads((run_dir / "metrics.json").read_text())
+    prefix = f"runs/tuned/{run_dir.name}"
+    assert m["store"] == f"s3://t-e2e-run/cloudml/{prefix}"
+
+    manifest = read_manifest(store, prefix)
+    local_files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
+    assert set(manifest["objects"]) == local_files and RUN_FILES <= local_files
+    download_dir(store, prefix, tmp_path / "verified")  # sha256-checked on read
+    assert (tmp_path / "verified" / "metrics.json").read_bytes() == (run_dir / "metrics.json").read_bytes()
+
+    pointer = json.loads(store.get_bytes("models/tuned/champion.json"))
+    read_manifest(store, pointer["model_prefix"])  # the champion names a complete version
+    assert m["promoted"] is True
+
+    result = wait_for_query(prometheus, 'cloudml_val_r2{pipeline="tuned",stage="evaluate"}')
+    assert len(result) == 1 and result[0]["metric"]["job"] == "cloudml"
+    assert float(result[0]["value"][1]) == pytest.approx(m["r2"], rel=1e-9)
+    passed = wait_for_query(prometheus, 'cloudml_gate_passed{pipeline="tuned",stage="gate"}')
+    assert float(passed[0]["value"][1]) == 1.0
