@@ -236,6 +236,20 @@ def ui_base(host: str) -> str:
     return (os.environ.get("KFP_UI_HOST") or host).rstrip("/")
 
 
+def _prepare(
+    preset: str, overrides: list[str] | None, threshold: float | None, build_dir: Path
+) -> tuple[dict[str, Any], str, Any, str, str, str]:
+    """What submit and schedule share: validated run parameters, the endpoint, and the
+    compiled pipeline uploaded as a new version in experiment `cloudml`.
+    Returns (params, host, client, pipeline_id, version_id, experiment_id)."""
+    params = run_parameters(preset, overrides, threshold)
+    host = kfp_host()
+    package = compile_pipeline(preset, Path(build_dir) / f"{preset}.yaml")
+    client = connect(host)
+    pid, vid = upload_version(client, host, preset, package)
+    return params, host, client, pid, vid, _experiment_id(client, host)
+
+
 def submit(
     preset: str,
     overrides: list[str] | None = None,
@@ -243,12 +257,7 @@ def submit(
     build_dir: Path = Path("build/pipelines"),
 ) -> dict[str, str]:
     """Compile, upload a new version, start a run; returns {run_id, link, pipeline_id, version_id}."""
-    params = run_parameters(preset, overrides, threshold)
-    host = kfp_host()
-    package = compile_pipeline(preset, Path(build_dir) / f"{preset}.yaml")
-    client = connect(host)
-    pid, vid = upload_version(client, host, preset, package)
-    eid = _experiment_id(client, host)
+    params, host, client, pid, vid, eid = _prepare(preset, overrides, threshold, build_dir)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run = _call(
         host,
@@ -275,12 +284,7 @@ def schedule(
     """A recurring run `cloudml-<preset>-schedule` on `cron` (six fields, UTC), one at a time,
     no catch-up; an existing schedule of that name is deleted first (replaced)."""
     cron = validate_cron(cron)
-    params = run_parameters(preset, overrides, threshold)
-    host = kfp_host()
-    package = compile_pipeline(preset, Path(build_dir) / f"{preset}.yaml")
-    client = connect(host)
-    pid, vid = upload_version(client, host, preset, package)
-    eid = _experiment_id(client, host)
+    params, host, client, pid, vid, eid = _prepare(preset, overrides, threshold, build_dir)
     job = f"{pipeline_name(preset)}-schedule"
     existing = _call(
         host,
