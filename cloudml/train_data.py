@@ -182,28 +182,43 @@ def augment(
     def u(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen).to(dev)
 
-    contrast = 1.0 + jitter * (2 * u(b, 1, 1, 1) - 1)
-    bright = jitter * (2 * u(b, 1, 1, 1) - 1)
-    x = frames * contrast + bright  # (B, T, H, W)
-
-    # random erasing: one rectangle per sample, broadcast over T
+    # the draws, in the order and shapes they have always had (a seed replays an epoch)
+    contrast = 1.0 + jitter * (2 * u(b, 1, 1, 1) - 1)  # (B, 1, 1, 1)
+    bright = jitter * (2 * u(b, 1, 1, 1) - 1)  # (B, 1, 1, 1)
     area = (0.02 + 0.13 * u(b)) * h * w
     aspect = torch.exp((u(b) - 0.5) * 1.2)  # ~0.55..1.8
     eh = (area * aspect).sqrt().clamp(1, h)
     ew = (area / aspect).sqrt().clamp(1, w)
     y0 = (u(b) * (h - eh + 1)).floor()
     x0 = (u(b) * (w - ew + 1)).floor()
-    rows = torch.arange(h, device=dev)[None, :]
-    cols = torch.arange(w, device=dev)[None, :]
-    in_r = (rows >= y0[:, None]) & (rows < (y0 + eh.floor())[:, None])  # (B, H)
-    in_c = (cols >= x0[:, None]) & (cols < (x0 + ew.floor())[:, None])  # (B, W)
-    erase = (u(b) < p_erase)[:, None, None] & in_r[:, :, None] & in_c[:, None, :]  # (B, H, W)
-    x = x.masked_fill(erase[:, None], 0.0)
-
+    erase = u(b) < p_erase  # (B,)
     flip = u(b) < p_flip  # (B,)
-    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-    saa = torch.where(flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
     vflip = u(b) < p_vflip  # (B,)
-    x = torch.where(vflip[:, None, None, None], x.flip(-2).flip(1), x)  # rows and frame order
+
+    # Applied per frame, so the frame stays in cache between its steps: the output is read
+    # and written once instead of once per step over the whole (B, T, H, W) batch. A mirror
+    # is a permutation and contrast/brightness act per pixel, so mirroring the input and
+    # mapping the erased rectangle through the mirror gives the same bits as the whole-batch
+    # steps in the order above (erase, then mirrors); mul and add stay two roundings.
+    out = torch.empty(frames.shape, dtype=torch.result_type(frames, contrast), device=dev)
+    rect = torch.stack([y0, y0 + eh.floor(), x0, x0 + ew.floor()], 1).long().tolist()  # (B, 4)
+    for i, (ers, fl, vf, (r0, r1, c0, c1)) in enumerate(
+        zip(erase.tolist(), flip.tolist(), vflip.tolist(), rect, strict=True)
+    ):
+        dims = (-2,) * vf + (-1,) * fl  # rows (with frame order below), columns
+        c, a = contrast[i, 0], bright[i, 0]  # (1, 1): broadcast and promote as (B,1,1,1) did
+        for k in range(t):
+            src = frames[i, k].flip(dims) if dims else frames[i, k]  # (H, W)
+            dst = out[i, t - 1 - k] if vf else out[i, k]  # (H, W)
+            torch.mul(src, c, out=dst)
+            dst.add_(a)
+        if ers:
+            if vf:
+                r0, r1 = h - r1, h - r0
+            if fl:
+                c0, c1 = w - c1, w - c0
+            out[i, :, max(r0, 0) : r1, max(c0, 0) : c1] = 0.0
+
+    saa = torch.where(flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
     saa = torch.where(vflip.to(saa.device), torch.remainder(180.0 - saa, 360.0), saa)
-    return x, saa
+    return out, saa
