@@ -4,6 +4,10 @@
         [--frames 5] [--memory-optimized] [--no-channels-last] [--checkpointing] [--compile]
         [--threads N]
 
+`--checkpointing` turns on the model's gradient checkpointing (one chunk of B frames per frame
+index, model.encode_per_frame_index) regardless of frame size. `--warmup 0 --steps 1` times a
+single step, for full-size batches whose step takes minutes.
+
 Run it twice to compare allocators, e.g.
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
     MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1 .venv/bin/python bench/train_bench.py
@@ -19,6 +23,7 @@ import json
 import os
 import resource
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -39,14 +44,19 @@ def step_times(args: argparse.Namespace) -> dict:
     net = CBHNet(cfg.model, args.frames).to(device).train()
     net.use_checkpoint = args.checkpointing
     if not args.channels_last:  # the model converts to channels_last; undo for the comparison
+        if args.checkpointing:
+            raise SystemExit("--no-channels-last times the unchunked path; drop --checkpointing")
         net.forward = _contiguous_forward(net)
     model = torch.compile(net) if args.compile else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.04)
     x = torch.randn(args.batch, args.frames, h, w, device=device)
     s = torch.randn(args.batch, 3, device=device)
     y = torch.randn(args.batch, device=device)
+    if args.steps < 1 or args.warmup < 0:
+        raise SystemExit(f"--steps must be >= 1 and --warmup >= 0, got {args.steps}, {args.warmup}")
     times = []
     t_first = time.perf_counter()
+    warm_s = 0.0
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
         loss = loss_fn(model(x, s), y, cfg.train)
@@ -58,8 +68,10 @@ def step_times(args: argparse.Namespace) -> dict:
             torch.cuda.synchronize()
         if i == args.warmup - 1:
             warm_s = time.perf_counter() - t_first
+        dt_s = time.perf_counter() - t0
         if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+            times.append(dt_s)
+        print(f"step {i + 1}/{args.warmup + args.steps}: {dt_s:.1f} s", file=sys.stderr, flush=True)
     med = statistics.median(times)
     return {
         "size": f"{h}x{w}", "batch": args.batch, "frames": args.frames, "device": str(device),

@@ -12,7 +12,9 @@ the mirror augmentation (SAA -> 360 - SAA) becomes an exact sign flip of sin(SAA
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -70,11 +72,15 @@ class ConvBlock(nn.Module):
         self.drop = nn.Dropout(0.25)
 
     def forward(self, x: torch.Tensor, film: torch.Tensor | None = None) -> torch.Tensor:
+        # The shift and the activation run in place on tensors no backward formula reads
+        # (BatchNorm saves its input, mul its operands, leaky_relu_ its result): the same
+        # values as out-of-place ops, one (N, C, H, W) buffer fewer live at a time.
         x = self.bn(self.conv(x))  # (N, C, H, W)
         if film is not None:  # (N, 2C): per-frame scale and shift from the sun geometry
             gamma, beta = film.chunk(2, dim=1)
-            x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
-        return self.drop(F.max_pool2d(F.leaky_relu(x, 0.01), 2))
+            x = x * (1 + gamma[:, :, None, None])
+            x += beta[:, :, None, None]
+        return self.drop(F.max_pool2d(F.leaky_relu_(x, 0.01), 2))
 
 
 class FrameEncoder(nn.Module):
@@ -90,22 +96,59 @@ class FrameEncoder(nn.Module):
         nn.init.zeros_(self.film[2].bias)
         self.blocks = nn.ModuleList([ConvBlock(1, c1), ConvBlock(c1, c2), ConvBlock(c2, c3)])
 
-    def forward(
-        self, x: torch.Tensor, scalars: torch.Tensor, segmented: bool = False
-    ) -> torch.Tensor:
-        """`segmented`: gradient checkpointing per stage, so the backward recomputes one
-        stage's internals at a time (one segment for the whole encoder would rebuild all of
-        them at once and save nothing at peak)."""
-
-        def run(f, *a):
-            return checkpoint(f, *a, use_reentrant=False) if segmented else f(*a)
-
+    def forward(self, x: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
         if self.attn is not None:
-            x = run(self.attn, x)
-        x = run(self.blocks[0], x, self.film(scalars))  # (N, C1, H/2, W/2)
-        x = run(self.blocks[1], x)  # (N, C2, H/4, W/4)
-        x = run(self.blocks[2], x)  # (N, C3, H/8, W/8)
+            x = self.attn(x)
+        x = self.blocks[0](x, self.film(scalars))  # (N, C1, H/2, W/2)
+        x = self.blocks[1](x)  # (N, C2, H/4, W/4)
+        x = self.blocks[2](x)  # (N, C3, H/8, W/8)
         return x.mean(dim=(2, 3))  # global average pool -> (N, C3)
+
+
+@contextlib.contextmanager
+def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm layers of `module` update throwaway copies of their running statistics
+    (running_mean/var, num_batches_tracked), for checkpoint recomputes whose forward already
+    updated the real ones. Copies, not track_running_stats=False: that would save fewer
+    tensors for backward than the forward did, which checkpoint rejects."""
+    names = ("running_mean", "running_var", "num_batches_tracked")
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    real = [{n: getattr(m, n) for n in names} for m in bns]
+    for m, bufs in zip(bns, real, strict=True):
+        for n, buf in bufs.items():
+            if buf is not None:
+                setattr(m, n, buf.clone())
+    try:
+        yield
+    finally:
+        for m, bufs in zip(bns, real, strict=True):
+            for n, buf in bufs.items():
+                setattr(m, n, buf)
+
+
+def encode_per_frame_index(
+    encoder: FrameEncoder, frames: torch.Tensor, scalars: torch.Tensor
+) -> torch.Tensor:
+    """Gradient-checkpointed encoding, one chunk per frame index t (DESIGN §5 per-frame):
+    (B, T, H, W), (B, S) -> (B, T, C3).
+
+    Each chunk (the B frames at index t) runs the whole encoder under one checkpoint, so
+    only its (B, C3) features are kept and the backward rebuilds one chunk's activations at
+    a time: peak memory scales with B, not B*T. BatchNorm therefore normalises over the B
+    frames of a chunk (as the research code's per-frame loop did), not over all B*T frames
+    as the unchunked path does; eval mode is the same either way. The recompute replays
+    the saved RNG state (same dropout masks) and leaves BatchNorm running stats alone
+    (`frozen_bn_stats`): each chunk updates them once, in its forward.
+    """
+
+    def contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
+        return contextlib.nullcontext(), frozen_bn_stats(encoder)  # (forward, recompute)
+
+    feats = []
+    for t in range(frames.shape[1]):
+        x = frames[:, t : t + 1].contiguous(memory_format=torch.channels_last)  # (B, 1, H, W)
+        feats.append(checkpoint(encoder, x, scalars, use_reentrant=False, context_fn=contexts))
+    return torch.stack(feats, dim=1)  # (B, T, C3)
 
 
 class TemporalAttention(nn.Module):
@@ -165,12 +208,13 @@ class CBHNet(nn.Module):
 
     def forward(self, frames: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
         b, t, h, w = frames.shape
-        # every frame of the batch in one call: (B*T, 1, H, W); scalars repeated per frame
-        x = frames.reshape(b * t, 1, h, w).contiguous(memory_format=torch.channels_last)
-        s = scalars.repeat_interleave(t, dim=0)  # (B*T, S)
-        segmented = self.use_checkpoint and self.training and torch.is_grad_enabled()
-        feats = self.encoder(x, s, segmented)  # (B*T, C3)
-        feats = feats.reshape(b, t, -1)  # (B, T, C3)
+        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+            feats = encode_per_frame_index(self.encoder, frames, scalars)  # (B, T, C3)
+        else:
+            # every frame of the batch in one call: (B*T, 1, H, W); scalars repeated per frame
+            x = frames.reshape(b * t, 1, h, w).contiguous(memory_format=torch.channels_last)
+            s = scalars.repeat_interleave(t, dim=0)  # (B*T, S)
+            feats = self.encoder(x, s).reshape(b, t, -1)  # (B, T, C3)
         z = feats.mean(dim=1) if self.temporal is None else self.temporal(feats)  # (B, C3)
         return self.head(z).squeeze(1)  # (B,)
 
