@@ -18,6 +18,7 @@ import argparse
 import json
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,17 @@ def rate(fn) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def epochs_rate(epoch: Callable[[int], int], seed: int, min_seconds: float) -> float:
+    """samples/s of whole epochs `epoch(seed) -> samples` (seeds seed, seed+1000, ...) run
+    until min_seconds have passed: a 99-sample epoch takes ~0.1 s, short enough for one
+    scheduler hiccup on a shared machine to decide the round."""
+    t0, n, k = time.perf_counter(), 0, 0
+    while k == 0 or time.perf_counter() - t0 < min_seconds:
+        n += epoch(seed + 1000 * k)
+        k += 1
+    return n / (time.perf_counter() - t0)
+
+
 def measure(
     raw_dir: Path,
     shard_path: Path,
@@ -168,8 +180,10 @@ def measure(
     repeats: int,
     reread_batches_n: int,
     batch: int = 20,
+    min_seconds: float = 1.0,
 ) -> dict:
-    """samples/s of both loaders, `repeats` alternating rounds on the same flight."""
+    """samples/s of both loaders, `repeats` alternating rounds on the same flight; a
+    production round repeats whole epochs for at least `min_seconds`."""
     pool = load_pool({FLIGHT: shard_path}, [FLIGHT], cfg.data.temporal_frames)
     from cloudml.data.shard import read_shard
 
@@ -178,8 +192,14 @@ def measure(
     scalers = fit_scalers(pool.cbh_km, pool.sza_deg)
     prod, rere, gather = [], [], []
     for r in range(repeats):  # interleaved, so both see the same machine load
-        prod.append(rate(lambda r=r: production_batches(pool, scalers, batch, None, seed=r)))
-        gather.append(rate(lambda r=r: production_batches(pool, scalers, batch, None, r, False)))
+        prod.append(
+            epochs_rate(lambda s: production_batches(pool, scalers, batch, None, s), r, min_seconds)
+        )
+        gather.append(
+            epochs_rate(
+                lambda s: production_batches(pool, scalers, batch, None, s, False), r, min_seconds
+            )
+        )
         rere.append(rate(lambda r=r: reread_batches(ds, pool, scalers, batch, reread_batches_n, r)))
         print(f"loader round {r + 1}: production {prod[-1]:.1f} samples/s, "
               f"reread {rere[-1]:.2f} samples/s", flush=True)  # fmt: skip
@@ -192,6 +212,7 @@ def measure(
         "temporal_frames": pool.temporal_frames,
         "batch": batch,
         "reread_batches": reread_batches_n,
+        "production_min_seconds": min_seconds,
     }
 
 
@@ -215,11 +236,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source", choices=("random", "synth", "auto"), default="random")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--reread-batches", type=int, default=3)
+    ap.add_argument(
+        "--min-seconds", type=float, default=1.0, help="least time of one production round"
+    )
     args = ap.parse_args(argv)
     cfg = load_config("tuned", {"scale": "full"})
     with tempfile.TemporaryDirectory(prefix="loader-bench-") as tmp:
         raw_dir, shard_path = prepare_flight(Path(tmp), args.frames, args.source, cfg)
-        res = measure(raw_dir, shard_path, cfg, args.repeats, args.reread_batches)
+        res = measure(
+            raw_dir,
+            shard_path,
+            cfg,
+            args.repeats,
+            args.reread_batches,
+            min_seconds=args.min_seconds,
+        )
     print(json.dumps(res))
     return 0
 
