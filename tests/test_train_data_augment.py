@@ -122,3 +122,13 @@ def test_non_contiguous_input_matches_and_stays_unchanged():
     new, ref = _both(view, saa, 6)
     _assert_same(new, ref)
     assert torch.equal(view, before)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="NOT EXERCISED: no CUDA device")
+def test_device_tensors_are_augmented_on_the_host_and_returned_on_the_device():
+    frames, saa = _inputs(8, (4, 3, 9, 12))
+    cpu = augment(frames, saa, torch.Generator().manual_seed(8))
+    gpu = augment(frames.cuda(), saa.cuda(), torch.Generator().manual_seed(8))
+    assert gpu[0].device.type == gpu[1].device.type == "cuda"
+    assert torch.equal(gpu[0].cpu(), cpu[0]) and torch.equal(gpu[1].cpu(), cpu[1])
