@@ -79,8 +79,8 @@ def step_times(args: argparse.Namespace) -> dict:
         "channels_last": args.channels_last, "checkpointing": args.checkpointing,
         "compile": args.compile, "jemalloc": "jemalloc" in os.environ.get("LD_PRELOAD", ""),
         "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
-        "samples_per_s": round(args.batch / med, 1), "warmup_steps_s": round(warm_s, 2),
-        "steps": args.steps,
+        "samples_per_s": round(args.batch / med, 1), "steps": args.steps,
+        "warmup_steps_s": round(warm_s, 2) if args.warmup else None,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }  # fmt: skip
 
