@@ -380,8 +380,11 @@ def render_doc(results: dict[str, Any]) -> str:
     fb = tr.get("full_batch")
     rss_full = _med(tr.get("full_jemalloc_peak_rss_gib"))
     est20 = tr.get("full_b20_rss_estimate_gib")
+    b20 = _med(tr.get("full_b20_peak_rss_gib"))
     if fb == 20 and rss_full is not None:
         mem_goal = _goal(rss_full, "<=", 16, "batch 20 <= 16 GiB")
+    elif b20 is not None:
+        mem_goal = "see the batch-20 row"
     elif est20 is not None:
         mem_goal = _goal(est20, "<=", 16, f"batch 20 <= 16 GiB (estimated {est20:.1f} GiB)")
     else:
@@ -399,6 +402,12 @@ def render_doc(results: dict[str, Any]) -> str:
                 (f"{size} {alloc} B={b}: peak RSS", tr.get(f"{k}_peak_rss_gib"),
                  mem_goal if size == "full" else "", 1.0),
             ])  # fmt: skip
+    if b20 is not None:
+        rows += figure_rows([
+            ("full jemalloc B=20 (one step): peak RSS", tr.get("full_b20_peak_rss_gib"),
+             _goal(b20, "<=", 16, "batch 20 <= 16 GiB"), 1.0),
+            ("full jemalloc B=20 (one step): step seconds", tr.get("full_b20_step_s"), "", 1.0),
+        ])  # fmt: skip
     rows += figure_rows([("fp32 matmul ceiling (GFLOP/s)", tr.get("matmul_flops_per_s"), "", 1e-9)])
     out += [
         "## 3. Training (CPU)",

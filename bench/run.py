@@ -276,6 +276,17 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
             print(f"train {key} B={b}: " + ", ".join(f"{v:.3g}" for v in sps) + " samples/s",
                   flush=True)  # fmt: skip
             out["threads"] = recs[0].get("threads")
+    # the memory goal at the batch it names: one batch-20 step, measured, not extrapolated
+    if not quick and fb != 20 and len(rss_at) >= 2:
+        (b1, r1), (b2, r2) = sorted(rss_at.items())[:2]
+        need = extrapolate_rss(b1, r1, b2, r2, 20)
+        if need <= 0.85 * mem_available_bytes():
+            rec = train_child("full", 20, 1, 0, jemalloc_env(), "full-b20-memory")
+            cmd = rec["command"] + " (LD_PRELOAD=jemalloc)"
+            out["full_b20_peak_rss_gib"] = figure([rec["peak_rss_bytes"] / GIB], "GiB", cmd, batch=20)
+            out["full_b20_step_s"] = figure([rec["step_s_median"]], "s", cmd, batch=20)
+            print(f"train full B=20: peak RSS {rec['peak_rss_bytes'] / GIB:.2f} GiB, "
+                  f"step {rec['step_s_median']:.0f} s", flush=True)  # fmt: skip
     out["full_rss_probe_gib"] = {str(b): v / GIB for b, v in sorted(rss_at.items())}
     if len(rss_at) >= 2:
         (b1, r1), (b2, r2) = sorted(rss_at.items())[:2]
