@@ -21,7 +21,6 @@ from cloudml.errors import DataError
 
 LOCAL_COLS = 40  # scale=local bins frames down to about this width (640 -> 40: factor 16)
 FLAT_FIELD_FRAMES = 100
-LOCAL_CROP: tuple[int, int] | None = None  # scale=local: (rows, cols) kept around nadir
 
 
 def bin_factor(cols: int, scale: str) -> int:
@@ -59,15 +58,6 @@ def bin_and_slice(frames: np.ndarray, factor: int, rows: tuple[int, int]) -> np.
     """(k, R, C) raw -> (k, H, W) float32: bin first (full-frame geometry), then swath-slice."""
     binned = bin_frames(frames, factor)
     return np.ascontiguousarray(binned[:, rows[0] : rows[1]])
-
-
-def crop_center(frames: np.ndarray, shape: tuple[int, int] | None) -> np.ndarray:
-    """(k, H, W) -> (k, h, w) centred on the frame centre (nadir); None keeps the frame."""
-    if shape is None:
-        return frames
-    h, w = min(shape[0], frames.shape[1]), min(shape[1], frames.shape[2])
-    r0, c0 = (frames.shape[1] - h) // 2, (frames.shape[2] - w) // 2
-    return np.ascontiguousarray(frames[:, r0 : r0 + h, c0 : c0 + w])
 
 
 # --- flat field ----------------------------------------------------------------------------
