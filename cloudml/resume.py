@@ -206,7 +206,7 @@ def sync_on_epoch(
 # --- ingest -----------------------------------------------------------------------------------
 # settings that decide a shard's content and come from the config alone
 _SHARD_KEYS = (
-    "temporal_frames", "swath_slice", "flat_field_correction", "clahe_clip_limit",
+    "preprocess_version", "temporal_frames", "swath_slice", "flat_field_correction", "clahe_clip_limit",
     "zscore_normalize", "filter_type", "cbh_range_km", "scale",
 )  # fmt: skip
 

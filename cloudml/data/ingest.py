@@ -59,6 +59,7 @@ def preprocessing_settings(cfg: Config, factor: int, rows: tuple[int, int]) -> d
     """The settings that determine a shard's frames and samples (stored with the shard)."""
     d = cfg.data
     return {
+        "preprocess_version": preprocess.PREPROCESS_VERSION,
         "temporal_frames": d.temporal_frames,
         "swath_slice": list(d.swath_slice),
         "swath_rows": list(rows),

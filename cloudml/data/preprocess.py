@@ -21,6 +21,9 @@ from cloudml.errors import DataError
 
 LOCAL_COLS = 40  # scale=local bins frames down to about this width (640 -> 40: factor 16)
 FLAT_FIELD_FRAMES = 100
+# bumped whenever the same settings would produce different frames; stored in every shard
+# (2: CLAHE bins matched to the tile size, see clahe_bins)
+PREPROCESS_VERSION = 2
 
 
 def bin_factor(cols: int, scale: str) -> int:
