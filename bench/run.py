@@ -390,11 +390,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--e2e-repeats", type=int, default=1, help="runs of make run / make test")
     ap.add_argument("--quick", action="store_true", help="small and fast: a smoke test")
+    ap.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite --doc from the figures already in --results (measures nothing)",
+    )
     ap.add_argument("--results", type=Path, default=RESULTS)
     ap.add_argument("--doc", type=Path, default=DOC)
     args = ap.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit("--repeats: must be >= 1")
+    if args.render_only:
+        if not args.results.is_file():
+            raise SystemExit(f"--render-only: no results at {args.results}; run make bench first")
+        common.write_text(args.doc, common.render_doc(json.loads(args.results.read_text())))
+        print(f"wrote {args.doc} from {args.results}")
+        return 0
     only = parse_only(args.only)
     repeats = 1 if args.quick else args.repeats
 
