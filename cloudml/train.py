@@ -149,7 +149,11 @@ def recalibrate_bn(
     net.eval()
     for m in bns:
         m.train()
-    for b in batches(torch.as_tensor(idx), batch_size):
+    # same activation bound as `predict` (at local scale that is still batch_size; a full-size
+    # batch of 20 would peak at ~16 GiB without gradients, measured)
+    t, (h, w) = pool.temporal_frames, pool.frame_shape
+    bs = int(min(batch_size, max(2, EVAL_PIXEL_BUDGET // (t * h * w))))
+    for b in batches(torch.as_tensor(idx), bs):
         b = b.numpy()
         s = scalar_inputs(
             torch.as_tensor(pool.sza_deg[b]), torch.as_tensor(pool.saa_deg[b]), scalers
