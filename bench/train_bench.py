@@ -41,12 +41,8 @@ def step_times(args: argparse.Namespace) -> dict:
     cfg = load_config("tuned", {"memory_optimized": args.memory_optimized, "torch_compile": False})
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
-    net = CBHNet(cfg.model, args.frames).to(device).train()
+    net = CBHNet(cfg.model, args.frames, channels_last=args.channels_last).to(device).train()
     net.use_checkpoint = args.checkpointing
-    if not args.channels_last:  # the model converts to channels_last; undo for the comparison
-        if args.checkpointing:
-            raise SystemExit("--no-channels-last times the unchunked path; drop --checkpointing")
-        net.forward = _contiguous_forward(net)
     model = torch.compile(net) if args.compile else net
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, weight_decay=0.04)
     x = torch.randn(args.batch, args.frames, h, w, device=device)
@@ -83,21 +79,6 @@ def step_times(args: argparse.Namespace) -> dict:
         "warmup_steps_s": round(warm_s, 2) if args.warmup else None,
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }  # fmt: skip
-
-
-def _contiguous_forward(net: CBHNet):
-    """Forward without the channels_last conversion (plain NCHW), for the A/B."""
-    import types
-
-    def forward(self, frames, scalars):
-        b, t, h, w = frames.shape
-        x = frames.reshape(b * t, 1, h, w).contiguous()
-        s = scalars.repeat_interleave(t, dim=0)
-        feats = self.encoder(x, s).reshape(b, t, -1)
-        z = feats.mean(dim=1) if self.temporal is None else self.temporal(feats)
-        return self.head(z).squeeze(1)
-
-    return types.MethodType(forward, net)
 
 
 def main() -> None:
