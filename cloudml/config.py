@@ -89,6 +89,7 @@ class TrainConfig:
     loss_alpha: float = 0.5  # mse_mae: alpha*MSE + (1-alpha)*MAE
     huber_delta: float = 1.0
     grad_clip: float = 1.0
+    ema_decay: float = 0.98  # weights judged and kept: EMA of the training weights; 0 = off
     early_stopping_patience: int = 10
     early_stopping_min_delta: float = 0.0005
     overweight_factor: float = 2.0
@@ -271,6 +272,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"plateau_factor: must be in (0, 1), got {t.plateau_factor}")
     if not (0.0 < t.val_fraction < 1.0):
         p.append(f"val_fraction: must be in (0, 1), got {t.val_fraction}")
+    if not (0.0 <= t.ema_decay < 1.0):
+        p.append(f"ema_decay: must be in [0, 1) (0 = off), got {t.ema_decay}")
     return p
 
 

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from cloudml.config import Config, TrainConfig, add_config_args, config_from_args
@@ -45,6 +46,7 @@ from cloudml.train_data import (
 
 log = logging.getLogger(__name__)
 EVAL_PIXEL_BUDGET = 20_000_000  # frames*pixels per evaluation batch (bounds activation memory)
+AUG_P_TRANSPOSE = 0.5  # share of training batches seen transposed (train_data.augment)
 BN_RECAL_SAMPLES = 400  # training samples whose batch statistics re-estimate BatchNorm per epoch
 
 
@@ -164,6 +166,11 @@ def recalibrate_bn(
         m.momentum = mom
 
 
+def _module(m: torch.nn.Module) -> torch.nn.Module:
+    """The plain module behind a torch.compile wrapper (its state_dict keys carry no prefix)."""
+    return getattr(m, "_orig_mod", m)
+
+
 def _autocast(device: torch.device, enabled: bool = True) -> Any:
     """bf16 autocast on CUDA only; a no-op context on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
@@ -215,6 +222,14 @@ def fit(
     net.to(device)
     configure_checkpointing(net, pool.frame_shape)
     model = maybe_compile(net, device)
+    # the weights judged, checkpointed and shipped: an exponential moving average of the
+    # training weights (Polyak averaging) when ema_decay > 0, else the training weights
+    ema = (
+        AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(tc.ema_decay))
+        if tc.ema_decay > 0
+        else None
+    )
+    judged = model if ema is None else ema.module
     opt = torch.optim.AdamW(net.parameters(), lr=lr_at(0, tc), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience
@@ -230,6 +245,8 @@ def fit(
         ck = load_checkpoint(last)
         _check_resumable(ck, base, last)
         load_weights(net, ck["model"], last)
+        if ema is not None:
+            ema.load_state_dict(ck["ema"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         best_state = ck["best_model"]
@@ -264,7 +281,7 @@ def fit(
             x = gather_batch(pool, b)  # (B, T, H, W)
             sza, saa = torch.as_tensor(pool.sza_deg[b]), torch.as_tensor(pool.saa_deg[b])
             if cfg.data.augment:
-                x, saa = augment(x, saa, gen)
+                x, saa = augment(x, saa, gen, p_transpose=AUG_P_TRANSPOSE)
             s = scalar_inputs(sza, saa, scalers)  # (B, 3)
             y = targets(pool, b, scalers)
             for g in opt.param_groups:
@@ -277,6 +294,8 @@ def fit(
             if tc.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(net.parameters(), tc.grad_clip)
             opt.step()
+            if ema is not None:
+                ema.update_parameters(net)
             st["global_step"] += 1
             loss_sum += loss.item() * len(b)
             n_seen += len(b)
@@ -284,9 +303,9 @@ def fit(
         bar.close()
         train_s = time.perf_counter() - t0
         lr_used = opt.param_groups[0]["lr"]
-        recalibrate_bn(model, pool, order[:BN_RECAL_SAMPLES], scalers, tc.batch_size, device)
+        recalibrate_bn(judged, pool, order[:BN_RECAL_SAMPLES], scalers, tc.batch_size, device)
 
-        pred = predict(model, pool, val_idx, scalers, device)
+        pred = predict(judged, pool, val_idx, scalers, device)
         val_loss = float(
             loss_fn(torch.as_tensor(pred), targets(pool, val_idx, scalers).double(), tc)
         )
@@ -296,7 +315,7 @@ def fit(
         better = improved(val_loss, st["best_val_loss"], tc.early_stopping_min_delta)
         if better:
             st.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-            best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in _module(judged).state_dict().items()}
         else:
             st["bad_epochs"] += 1
         seconds = time.perf_counter() - t0
@@ -316,7 +335,7 @@ def fit(
         save_checkpoint(last, {
             **base, "model": net.state_dict(), "best_model": best_state,
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "state": st, "rng": _rng_state(),
+            "state": st, "rng": _rng_state(), **({} if ema is None else {"ema": ema.state_dict()}),
         })  # fmt: skip
         _write_json(out_dir / "history.json", st["history"])
         log.info(

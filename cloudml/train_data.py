@@ -155,6 +155,7 @@ def augment(
     p_erase: float = 0.5,
     p_flip: float = 0.5,
     p_vflip: float = 0.5,
+    p_transpose: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Training-time augmentation in the normalised float space (never via 8-bit images).
 
@@ -175,9 +176,18 @@ def augment(
       aircraft's tail, so every transformed sample is one the sensor could have recorded.
       Legs give each flight a few SAA values only; the mirrors give the model all four
       reflections of each, so the shadow direction it learns generalises to unseen legs.
+    - transpose (p_transpose, one draw per BATCH, so a batch keeps one frame shape): rows and
+      columns swap, (B, T, H, W) -> (B, T, W, H). In (row, col) with row 0 forward the ray
+      towards the sun runs along (-cos a, sin a); swapped it runs along (sin a, -cos a) =
+      (-cos a', sin a') with a' = 270 - a, so SAA' = (270 - SAA) mod 360. With the mirrors
+      this is the whole symmetry group of the rectangle's pixel grid (8 orientations). The
+      motion between the window's frames then runs across the frame: ~1 px over 5 frames at
+      400 m, against the several-pixel shadow offsets the label is read from.
     """
     if frames.device.type != "cpu":  # fit augments on the host; elsewhere make the round trip
-        x, saa = augment(frames.cpu(), saa_deg, gen, jitter, p_erase, p_flip, p_vflip)
+        x, saa = augment(
+            frames.cpu(), saa_deg, gen, jitter, p_erase, p_flip, p_vflip, p_transpose
+        )
         return x.to(frames.device), saa
     b, t, h, w = frames.shape
 
@@ -224,4 +234,7 @@ def augment(
 
     saa = torch.where(flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
     saa = torch.where(vflip.to(saa.device), torch.remainder(180.0 - saa, 360.0), saa)
+    if p_transpose > 0 and bool(u(1) < p_transpose):  # drawn last: the draws above replay
+        out = out.transpose(-1, -2).contiguous()
+        saa = torch.remainder(270.0 - saa, 360.0)
     return out, saa

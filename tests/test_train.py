@@ -262,3 +262,73 @@ def test_bn_recalibration_sees_no_dropout(tmp_path):
         stats.append(net.encoder.blocks[1].bn.running_var.clone())
     torch.testing.assert_close(stats[0], stats[1], rtol=0, atol=0)
     assert float(stats[0].std()) > 0  # real statistics, not the reset ones
+
+
+def test_kept_weights_are_the_exponential_moving_average_of_the_training_steps(
+    tmp_path, monkeypatch
+):
+    """ema_decay d: the checkpointed weights are e_1 = w_1, e_k = d e_(k-1) + (1-d) w_k over
+    the weights w_k after each optimizer step; the training itself is unchanged by it."""
+    shards = write_shards(tmp_path, ["30Oct24"])
+    steps: list[dict[str, torch.Tensor]] = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *a, **kw):
+        out = real_step(self, *a, **kw)
+        steps.append(
+            {str(i): p.detach().clone() for i, p in enumerate(self.param_groups[0]["params"])}
+        )
+        return out
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    plain = train.pretrain(shards, fast_cfg(epochs=1, ema_decay=0.0), tmp_path / "plain")
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    d = 0.6
+    averaged = train.pretrain(shards, fast_cfg(epochs=1, ema_decay=d), tmp_path / "ema")
+    assert len(steps) == plain["global_steps"] == averaged["global_steps"] == 3
+    ema = steps[0]
+    for w in steps[1:]:
+        ema = {k: d * ema[k] + (1 - d) * w[k] for k in ema}
+    names = [n for n, _ in CBHNet(fast_cfg().model, 3).named_parameters()]
+    kept = load_checkpoint(tmp_path / "ema" / "model.pt")["model"]
+    raw = load_checkpoint(tmp_path / "plain" / "model.pt")["model"]
+    for i, name in enumerate(names):
+        torch.testing.assert_close(kept[name], ema[str(i)], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(raw[name], steps[-1][str(i)], rtol=0, atol=0)
+    assert not torch.allclose(kept[names[0]], raw[names[0]])
+    # the training trajectory does not depend on the average
+    h_plain = json.loads((tmp_path / "plain" / "history.json").read_text())
+    h_ema = json.loads((tmp_path / "ema" / "history.json").read_text())
+    assert h_plain[0]["train_loss"] == h_ema[0]["train_loss"]
+
+
+def test_ema_decay_must_be_below_one():
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_config("tuned", {"ema_decay": 1.0})
+
+
+def test_transpose_moves_the_shadow_where_the_new_saa_casts_it():
+    """A transposed batch: the shadow image equals synth's shadow of the transposed cloud
+    cast with SAA' = 270 - SAA (the frame grid's diagonal mirror)."""
+    tau = np.zeros((48, 48), np.float32)
+    tau[14:20, 28:33] = 5.0
+    shadow = _shadow_image(tau, 30.0)
+    frames = torch.from_numpy(np.stack([shadow, 2 * shadow]))[None]  # (1, 2, H, W)
+    g = torch.Generator().manual_seed(0)
+    y, saa = augment(frames, torch.tensor([30.0]), g, 0.0, 0.0, 0.0, 0.0, p_transpose=1.0)
+    assert float(saa[0]) == pytest.approx(240.0)
+    want = _shadow_image(np.ascontiguousarray(tau.T), 240.0)
+    assert want.max() > 1.0
+    np.testing.assert_allclose(y[0, 1].numpy(), 2 * want, atol=1e-4)
+    assert np.abs(y[0, 1].numpy() - 2 * _shadow_image(np.ascontiguousarray(tau.T), 30.0)).max() > 1
+    # not transposed: the generator is not even drawn from (earlier epochs replay exactly)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    a, _ = augment(frames, torch.tensor([30.0]), g1)
+    b, _ = augment(frames, torch.tensor([30.0]), g2, p_transpose=0.0)
+    assert torch.equal(a, b) and torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_a_transposed_batch_changes_shape_for_every_sample():
+    frames = torch.randn(6, 3, 8, 10)
+    y, _ = augment(frames, torch.zeros(6), torch.Generator().manual_seed(0), p_transpose=1.0)
+    assert y.shape == (6, 3, 10, 8)
