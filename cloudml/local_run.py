@@ -60,16 +60,24 @@ def ensure_campaign(data_dir: Path, flights: tuple[str, ...], scale: str) -> lis
 
     Flights already present are reused as they are, whatever generated them.
     """
+    from cloudml.data import synth
+
+    frame = synth.LOCAL_FRAME if scale == "local" else synth.parse_frame_size("full")
+    marker = data_dir / CAMPAIGN_MARKER
+    if marker.is_file():
+        made = json.loads(marker.read_text())
+        if made.get("generator") == "cloudml.data.synth" and made.get("frame_size") != list(frame):
+            print(
+                f"[cloudml] warning: {data_dir} holds a synthetic campaign of "
+                f"{made.get('frame_size')} frames, this version generates {list(frame)}; "
+                f"reusing it (delete {data_dir} to regenerate)"
+            )
     missing = [f for f in flights if not (data_dir / f).is_dir()]
     if missing:
-        from cloudml.data import synth
-
-        frame = synth.LOCAL_FRAME if scale == "local" else synth.parse_frame_size("full")
         print(
             f"[cloudml] generating synthetic flights {', '.join(missing)} into {data_dir} (first use)"
         )
         synth.write_campaign(data_dir, seed=0, frame_size=frame, flights=tuple(missing))
-        marker = data_dir / CAMPAIGN_MARKER
         known = json.loads(marker.read_text()).get("flights", []) if marker.is_file() else []
         with atomic_path(marker) as tmp:
             tmp.write_text(json.dumps({

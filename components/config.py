@@ -46,6 +46,7 @@ def resolve_config(
     loss_alpha: float,
     huber_delta: float,
     grad_clip: float,
+    ema_decay: float,
     early_stopping_patience: int,
     early_stopping_min_delta: float,
     overweight_factor: float,

@@ -6,8 +6,8 @@ from cloudml.errors import DataError
 
 
 def test_bin_factor_and_exact_area_average():
-    assert pp.bin_factor(640, "local") == 16
-    assert pp.bin_factor(40, "local") == 1
+    assert pp.bin_factor(640, "local") == 20
+    assert pp.bin_factor(32, "local") == 1
     assert pp.bin_factor(20, "local") == 1
     assert pp.bin_factor(640, "full") == 1
     rng = np.random.default_rng(0)
@@ -24,7 +24,7 @@ def test_full_frame_local_scale_geometry():
     f = pp.bin_factor(640, "local")
     rows = pp.swath_rows(512 // f, (40, 480))
     out = pp.bin_and_slice(x, f, rows)
-    assert out.shape == (1, 27, 40)  # rows round(2.5)=3 .. 30 (half up)
+    assert out.shape == (1, 21, 32)  # 512 // 20 = 25 rows, slice round(1.95)=2 .. round(23.4)=23
     assert pp.swath_rows(512, (40, 480)) == (40, 480)
     with pytest.raises(DataError, match="swath_slice"):
         pp.swath_rows(4, (0, 50))

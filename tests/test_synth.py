@@ -138,7 +138,7 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
 
 
 def test_parse_frame_size():
-    assert synth.parse_frame_size("local") == (32, 40)
+    assert synth.parse_frame_size("local") == (26, 32)
     assert synth.parse_frame_size("full") == (512, 640)
     assert synth.parse_frame_size("64x80") == (64, 80)
     with pytest.raises(ConfigError, match="ROWSxCOLS"):
@@ -358,5 +358,5 @@ def test_sample_counts_resemble_the_seed(campaign):
     n = {name: len(s.y) for name, s in campaign.items()}
     assert 580 <= n["30Oct24"] <= 680, n
     assert 130 <= n["12Feb25"] <= 170, n
-    for name in ("10Feb25", "04Nov24", "23Oct24", "18Feb25"):
-        assert 180 <= n[name] <= 300, n
+    for name in ("10Feb25", "04Nov24", "23Oct24", "18Feb25"):  # not in the seed's document
+        assert 120 <= n[name] <= 200, n

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from cloudml.data.layout import FULL_ROWS
 from cloudml.errors import DataError
 
-LOCAL_COLS = 40  # scale=local bins frames down to about this width (640 -> 40: factor 16)
+LOCAL_COLS = 32  # scale=local bins frames down to about this width (640 -> 32: factor 20)
 FLAT_FIELD_FRAMES = 100
 # bumped whenever the same settings would produce different frames; stored in every shard
 # (2: CLAHE bins matched to the tile size, see clahe_bins)
@@ -27,7 +27,7 @@ PREPROCESS_VERSION = 2
 
 
 def bin_factor(cols: int, scale: str) -> int:
-    """Integer area-average factor: `local` -> max(1, cols // 40); `full` -> 1."""
+    """Integer area-average factor: `local` -> max(1, cols // LOCAL_COLS); `full` -> 1."""
     return max(1, cols // LOCAL_COLS) if scale == "local" else 1
 
 
