@@ -366,7 +366,7 @@ def render_doc(results: dict[str, Any]) -> str:
             f"The model consumes {fmt_num(train_full)} samples/s at full size (section 3), so the "
             f"production loader delivers {fmt_num(prod / train_full)}x what training needs"
             + (f"; at local scale training takes {fmt_num(train_local)} samples/s from an "
-               "in-memory gather of 27x40 frames" if train_local is not None else "")
+               "in-memory gather of 22x32 frames" if train_local is not None else "")
             + ". "
             + ("The loader is not the bottleneck." if prod > train_full
                else "**The loader is the bottleneck at full size.**"),
@@ -414,7 +414,7 @@ def render_doc(results: dict[str, Any]) -> str:
         "",
         _measured_line(tr),
         "Forward + backward + AdamW step (bench/train_bench.py, tuned preset, T=5, one process "
-        "per run so that peak RSS (wait4 ru_maxrss) is the run's own), local = 27x40 frames, "
+        "per run so that peak RSS (wait4 ru_maxrss) is the run's own), local = 22x32 frames, "
         "full = 440x640 with gradient checkpointing as the tuned preset does at that size. "
         "FLOPs/sample = 3 x forward FLOPs (counted with FlopCounterMode and checked against an "
         "analytic count; checkpointing's recompute is not model work). MFU = FLOPs/sample x "

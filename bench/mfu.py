@@ -98,8 +98,8 @@ def mfu(samples_per_s: float, flops_per_sample: float, peak_flops_per_s: float) 
 
 
 def parse_size(size: str) -> tuple[int, int]:
-    """'local' -> 27x40 (the local shard), 'full' -> 440x640 (swath-sliced), or 'RxC'."""
-    named = {"local": (27, 40), "full": (440, 640)}
+    """'local' -> 22x32 (the local shard), 'full' -> 440x640 (swath-sliced), or 'RxC'."""
+    named = {"local": (22, 32), "full": (440, 640)}
     if size in named:
         return named[size]
     try:

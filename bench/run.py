@@ -35,7 +35,7 @@ DOC = REPO / "docs/benchmarks.md"
 LOGS = REPO / "build/bench/logs"
 PY = sys.executable
 GIB = 2**30
-SIZES = {"local": "27x40", "full": "440x640"}
+SIZES = {"local": "22x32", "full": "440x640"}
 
 
 # --- child processes -----------------------------------------------------------------------

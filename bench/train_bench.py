@@ -33,7 +33,7 @@ from cloudml.config import load_config
 from cloudml.model import CBHNet
 from cloudml.train import loss_fn
 
-SIZES = {"local": (28, 40), "full": (440, 640)}
+SIZES = {"local": (22, 32), "full": (440, 640)}
 
 
 def step_times(args: argparse.Namespace) -> dict:
@@ -83,7 +83,7 @@ def step_times(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size", default="local", help="local (28x40), full (440x640) or RxC")
+    ap.add_argument("--size", default="local", help="local (22x32), full (440x640) or RxC")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch", type=int, default=20)
