@@ -181,8 +181,9 @@ def augment(
       towards the sun runs along (-cos a, sin a); swapped it runs along (sin a, -cos a) =
       (-cos a', sin a') with a' = 270 - a, so SAA' = (270 - SAA) mod 360. With the mirrors
       this is the whole symmetry group of the rectangle's pixel grid (8 orientations). The
-      motion between the window's frames then runs across the frame: ~1 px over 5 frames at
-      400 m, against the several-pixel shadow offsets the label is read from.
+      motion between the window's frames then runs across the frame: 800 m from the first to
+      the last of 5 frames, ~1.6 px at the local ~500 m, against the several-pixel shadow
+      offsets the label is read from.
     """
     if frames.device.type != "cpu":  # fit augments on the host; elsewhere make the round trip
         x, saa = augment(

@@ -46,7 +46,8 @@ FRAME_DT_S = 1.0  # IRAI frame period
 FULL_GSD_M = 25.0  # at 512 x 640
 FOOTPRINT_M = (layout.FULL_ROWS * FULL_GSD_M, layout.FULL_COLS * FULL_GSD_M)  # 12.8 x 16 km
 # 20x coarser than a full frame: ~490 x 500 m GSD. A CPU trains on it in minutes; 400 m
-# (32x40) cost 1.5x the arithmetic per sample for no measured gain in R² (docs/physics.md)
+# (32x40) costs 1.5x the arithmetic per sample, and the R² differences measured between
+# frame sizes were within the spread over training seeds (docs/physics.md)
 LOCAL_FRAME = (26, 32)
 MAX_SHADOW_M = 9_000.0  # scene margin around the footprint for shadows cast from outside
 TURN_S = 30  # no frames while the aircraft turns between straight legs
