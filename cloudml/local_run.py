@@ -15,6 +15,7 @@ Exit status 1 when the gate fails, 2 on any other error.
 from __future__ import annotations
 
 import argparse
+import builtins
 import datetime as dt
 import json
 import logging
@@ -198,10 +199,17 @@ def run_local(
     )
     t0 = time.perf_counter()
     failed: str | None = None
+    # KFP's local runner swaps builtins.print for an indenting wrapper while a task runs
+    # (kfp.local.logging_utils.indented_print) and, when a task fails with raise_on_error,
+    # leaves it installed: every later print of this process came out indented (found by
+    # tests/test_preflight.py parsing a report after the gate-failure test). Put it back.
+    real_print = builtins.print
     try:
         graph(**pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio))
     except RuntimeError as e:
         failed = _failed_task(str(e))
+    finally:
+        builtins.print = real_print
     wall = time.perf_counter() - t0
 
     outputs = find_outputs(root)

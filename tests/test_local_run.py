@@ -138,8 +138,12 @@ def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypa
 @pytest.mark.timeout(420)
 def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    import builtins
+
+    real_print = builtins.print
     rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold", "0.99")
     assert rc == 1
+    assert builtins.print is real_print  # KFP's failed-task path leaves print indented
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["gate_passed"] is False and m["threshold"] == 0.99
     assert m["promoted"] is False  # promote never runs after a failed gate
