@@ -166,11 +166,6 @@ def recalibrate_bn(
         m.momentum = mom
 
 
-def _module(m: torch.nn.Module) -> torch.nn.Module:
-    """The plain module behind a torch.compile wrapper (its state_dict keys carry no prefix)."""
-    return getattr(m, "_orig_mod", m)
-
-
 def _autocast(device: torch.device, enabled: bool = True) -> Any:
     """bf16 autocast on CUDA only; a no-op context on CPU."""
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=enabled and device.type == "cuda")
@@ -229,7 +224,8 @@ def fit(
         if tc.ema_decay > 0
         else None
     )
-    judged = model if ema is None else ema.module
+    kept = net if ema is None else ema.module  # its state_dict is what model.pt holds
+    judged = model if ema is None else ema.module  # what validation runs (compiled or not)
     opt = torch.optim.AdamW(net.parameters(), lr=lr_at(0, tc), weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, mode="min", factor=tc.plateau_factor, patience=tc.plateau_patience
@@ -315,7 +311,7 @@ def fit(
         better = improved(val_loss, st["best_val_loss"], tc.early_stopping_min_delta)
         if better:
             st.update(best_val_loss=val_loss, best_epoch=epoch, bad_epochs=0)
-            best_state = {k: v.detach().clone() for k, v in _module(judged).state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in kept.state_dict().items()}
         else:
             st["bad_epochs"] += 1
         seconds = time.perf_counter() - t0
