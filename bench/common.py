@@ -332,7 +332,7 @@ def render_doc(results: dict[str, Any]) -> str:
         f"Augmented batches of {li.get('batch', 20)} samples x {li.get('temporal_frames', 5)} "
         f"frames of {'x'.join(map(str, li.get('frame_shape') or [440, 640]))} from the same "
         f"full-size flight ({li.get('n_samples', '?')} samples), both loaders in one process, "
-        "rounds interleaved. *production*: `cloudml.train_data` (shard read once, one gather per "
+        "rounds interleaved. *production*: `cloudml.training.data` (shard read once, one gather per "
         "batch, float-space augmentation). *reread*: the research design (DESIGN §3) in "
         "bench/loader_bench.py: per sample reopen the IRAI HDF5 file, read T frames, "
         "swath-slice, flat-field, min-max, CLAHE, z-score (its flat is fitted once, in its "

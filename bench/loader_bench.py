@@ -3,7 +3,7 @@
     .venv/bin/python bench/loader_bench.py [--frames 700] [--repeats 3] [--reread-batches 3]
 
 Both loaders deliver augmented (B=20, T=5, 440, 640) batches of the same full-size flight:
-- production (cloudml.train_data): the shard is read once into memory; a batch is one
+- production (cloudml.training.data): the shard is read once into memory; a batch is one
   gather `frames[index[batch]]` plus float-space augmentation;
 - reread (DESIGN §3, the research design): for every sample, reopen the raw IRAI HDF5 file,
   read the T frames, swath-slice, flat-field, min-max, CLAHE, z-score — every time. Its flat
@@ -32,8 +32,8 @@ from cloudml.config import Config, load_config
 from cloudml.data import layout, preprocess, raw, timesync
 from cloudml.data.ingest import ingest_flight, resolve_files
 from cloudml.data.shard import Shard
-from cloudml.train import gather_batch, scalar_inputs
-from cloudml.train_data import Pool, augment, batches, epoch_order, fit_scalers, load_pool
+from cloudml.training.data import Pool, augment, batches, epoch_order, fit_scalers, load_pool
+from cloudml.training.stages import gather_batch, scalar_inputs
 
 FLIGHT = "30Oct24"
 
@@ -116,7 +116,7 @@ def production_batches(
     seed: int = 0,
     with_augment: bool = True,
 ) -> int:
-    """Deliver augmented batches as cloudml.train.fit does; returns the samples delivered.
+    """Deliver augmented batches as cloudml.training.stages.fit does; returns the samples delivered.
 
     with_augment=False times the gather alone, to show where the loader's time goes."""
     gen = torch.Generator().manual_seed(seed)

@@ -118,7 +118,7 @@ def campaign_ingest(repeats: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="campaign-bench-") as tmp:
         raw_dir = Path(tmp) / "raw"
         t0 = time.perf_counter()
-        # exactly what `make run` generates on first use (cloudml.local_run.ensure_campaign)
+        # exactly what `make run` generates on first use (cloudml.cluster.local_run.ensure_campaign)
         synth.write_campaign(raw_dir, seed=0, frame_size=synth.LOCAL_FRAME, flights=tuple(flights))
         print(f"local campaign ({len(flights)} flights) written in "
               f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip

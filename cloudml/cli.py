@@ -16,15 +16,15 @@ from cloudml.errors import CloudMLError
 
 COMMAND_MODULES = [
     "cloudml.config",
-    "cloudml.kfp_ops",
+    "cloudml.cluster.submit",
     "cloudml.gate",
-    "cloudml.local_run",
-    "cloudml.train",
+    "cloudml.cluster.local_run",
+    "cloudml.training.stages",
     "cloudml.evaluate",
     "cloudml.data.synth",
-    "cloudml.storage",
+    "cloudml.store.backends",
     "cloudml.data.ingest",
-    "cloudml.preflight",
+    "cloudml.cluster.preflight",
 ]
 
 

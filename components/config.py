@@ -7,7 +7,7 @@ fails, naming the key, when a config key is missing here).
 
 from kfp import dsl
 
-from cloudml.platform import cpu_image
+from cloudml.cluster.settings import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -55,6 +55,6 @@ def resolve_config(
     seed: int,
 ) -> str:
     values = dict(locals())
-    from cloudml.pipeline_steps import resolve_config_json
+    from cloudml.steps import resolve_config_json
 
     return resolve_config_json(values.pop("preset"), values)

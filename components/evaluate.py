@@ -8,7 +8,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
-from cloudml.platform import gpu_image
+from cloudml.cluster.settings import gpu_image
 
 
 @dsl.component(base_image=gpu_image(), install_kfp_package=False)
@@ -26,7 +26,7 @@ def evaluate(
 ) -> NamedTuple("EvalOutputs", [("r2", float), ("std_ratio", float)]):
     from collections import namedtuple
 
-    from cloudml.pipeline_steps import run_evaluate
+    from cloudml.steps import run_evaluate
 
     m = run_evaluate(
         [s.path for s in shards],

@@ -7,7 +7,7 @@ resumes from the last finished epoch.
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
-from cloudml.platform import gpu_image
+from cloudml.cluster.settings import gpu_image
 
 
 @dsl.component(base_image=gpu_image(), install_kfp_package=False)
@@ -18,7 +18,7 @@ def finetune(
     run_id: str,
     model: Output[Model],
 ):
-    from cloudml.pipeline_steps import run_finetune
+    from cloudml.steps import run_finetune
 
     summary = run_finetune(
         [s.path for s in shards], config_json, pretrained.path, model.path, run_id

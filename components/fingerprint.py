@@ -5,11 +5,11 @@ Never cached: it is what tells the (cached) ingest task that the raw data change
 
 from kfp import dsl
 
-from cloudml.platform import cpu_image
+from cloudml.cluster.settings import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
 def fingerprint(raw_uri: str, flight: str) -> str:
-    from cloudml.pipeline_steps import raw_fingerprint
+    from cloudml.steps import raw_fingerprint
 
     return raw_fingerprint(raw_uri, flight)

@@ -7,7 +7,7 @@ cache key changes when the raw files change (see components/fingerprint.py).
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from cloudml.platform import cpu_image
+from cloudml.cluster.settings import cpu_image
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -15,7 +15,7 @@ def ingest(
     raw_uri: str, flight: str, config_json: str, raw_fingerprint: str, shard: Output[Dataset]
 ) -> int:
     """Returns the number of samples kept."""
-    from cloudml.pipeline_steps import run_ingest
+    from cloudml.steps import run_ingest
 
     summary = run_ingest(raw_uri, flight, config_json, shard.path, raw_fingerprint)
     shard.metadata.update(

@@ -2,7 +2,7 @@
 # Build and push the two CloudML images with one tag:  images/build.sh REGISTRY TAG
 #   REGISTRY/cloudml-cpu:TAG  (ingest, gate)            images/cpu.Dockerfile
 #   REGISTRY/cloudml-gpu:TAG  (pretrain/finetune/eval)  images/gpu.Dockerfile
-# The names match cloudml/platform.py (CPU_IMAGE_NAME, GPU_IMAGE_NAME); compile the pipeline
+# The names match cloudml/cluster/settings.py (CPU_IMAGE_NAME, GPU_IMAGE_NAME); compile the pipeline
 # with the same CLOUDML_REGISTRY / CLOUDML_TAG (`make images submit REGISTRY=... TAG=...`).
 #
 # Needs a Docker engine with buildx and a registry login. NOT RUNNABLE on the development

@@ -8,7 +8,7 @@ edits each), plus raw_uri, threshold and min_std_ratio. The signature is built f
 cloudml.config, so a new config key becomes a pipeline parameter without an edit here.
 
 Placement: pretrain/finetune/evaluate request one nvidia.com/gpu and carry the GPU pool's
-node selector and toleration (cloudml.platform.gpu_pool(), CLOUDML_GPU_* env overrides at
+node selector and toleration (cloudml.cluster.settings.gpu_pool(), CLOUDML_GPU_* env overrides at
 compile time); resolve-config, ingest, gate and promote run on CPU with CPU/memory requests.
 Credentials reach tasks only as env from the MinIO Secret; settings from the cloudml-settings
 ConfigMap. Compile: `python pipelines/training.py tuned OUT.yaml` or `cloudml compile`.
@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # `python pipelines/training.py`: import from the
 
 from kfp import dsl, kubernetes  # noqa: E402
 
-from cloudml import platform  # noqa: E402
+from cloudml.cluster import settings as platform  # noqa: E402
 from cloudml.config import _SECTIONS, load_config  # noqa: E402
 from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD  # noqa: E402
 from components.config import resolve_config  # noqa: E402

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from cloudml import platform
+from cloudml.cluster import settings as platform
 
 SCENARIOS = ("healthy", "missing-taint", "missing-secret", "no-gpus")
 MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"

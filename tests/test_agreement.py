@@ -1,5 +1,5 @@
 """The compiled pipeline and the gpu-cluster manifests agree, compared directly (not only
-each against cloudml/platform.py): node selector, toleration, Secret and ConfigMap names,
+each against cloudml/cluster/settings.py): node selector, toleration, Secret and ConfigMap names,
 and the image tag `make images` builds."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudml import manifests_check as mc
-from cloudml import platform
+from cloudml.cluster import manifests_check as mc
+from cloudml.cluster import settings as platform
 from tests.conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from train_fixtures import fast_cfg, write_shards
 
-import cloudml.train as train
+import cloudml.training.stages as train
 from cloudml.cli import main
 from cloudml.errors import DataError
 from cloudml.evaluate import evaluate, regression_metrics

@@ -57,7 +57,7 @@ def test_metrics_file_missing_key_names_file(tmp_path):
 
 
 def test_pipeline_gate_step_raises_with_message_and_needs_no_pushgateway(monkeypatch):
-    from cloudml.pipeline_steps import run_gate
+    from cloudml.steps import run_gate
 
     monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)
     assert run_gate(0.5, 0.9, 0.3, 0.1, "12Feb25", "tuned").startswith("gate PASSED")

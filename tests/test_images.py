@@ -1,5 +1,5 @@
 """images/: hadolint passes, the pins and runtime settings DESIGN §3/§7 ask for are there,
-and build.sh pushes both images under the names cloudml/platform.py compiles against."""
+and build.sh pushes both images under the names cloudml/cluster/settings.py compiles against."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudml import platform
+from cloudml.cluster import settings as platform
 from tests.conftest import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]

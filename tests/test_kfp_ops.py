@@ -11,8 +11,9 @@ import socket
 import pytest
 import yaml
 
-from cloudml import kfp_ops, platform
 from cloudml.cli import main
+from cloudml.cluster import settings as platform
+from cloudml.cluster import submit as kfp_ops
 from cloudml.errors import ConfigError
 from tests.kfp_standin import API, KfpStandin
 

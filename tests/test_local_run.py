@@ -15,15 +15,15 @@ from pathlib import Path
 import pytest
 
 from cloudml.cli import main
-from cloudml.config import load_config
-from cloudml.local_run import (
+from cloudml.cluster.local_run import (
     CAMPAIGN_MARKER,
     _failed_task,
     ensure_campaign,
     pipeline_arguments,
     summary_table,
 )
-from cloudml.pipeline_steps import collect_shards, raw_data_source
+from cloudml.config import load_config
+from cloudml.steps import collect_shards, raw_data_source
 
 TINY = [
     "--set", "flights=[30Oct24,12Feb25]",
@@ -44,7 +44,7 @@ def test_failed_task_parses_kfp_local_message():
 
 
 def test_pipeline_arguments_cover_every_parameter():
-    from cloudml.kfp_ops import _training_module
+    from cloudml.cluster.submit import _training_module
 
     cfg = load_config("tuned", {"scale": "local"})
     args = pipeline_arguments(cfg, "/data/raw", 0.3, 0.1)
@@ -154,7 +154,7 @@ def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypat
 
 def test_raw_fingerprint_changes_with_raw_files_only(tmp_path):
     from cloudml.errors import DataError
-    from cloudml.pipeline_steps import raw_fingerprint
+    from cloudml.steps import raw_fingerprint
 
     d = tmp_path / "raw" / "12Feb25"
     d.mkdir(parents=True)
@@ -176,8 +176,8 @@ def test_cluster_ingest_path_reads_raw_from_s3(s3_env, tmp_path):
     file is re-uploaded changed; run_ingest fetches the flight and writes the shard."""
     import shutil
 
-    from cloudml.pipeline_steps import raw_fingerprint, resolve_config_json, run_ingest
-    from cloudml.storage import manifest_sha256, open_store, upload_dir
+    from cloudml.steps import raw_fingerprint, resolve_config_json, run_ingest
+    from cloudml.store.backends import manifest_sha256, open_store, upload_dir
 
     local = tmp_path / "campaign"
     ensure_campaign(local, ("12Feb25",), "local")
@@ -216,7 +216,7 @@ def test_local_run_with_s3_store_and_pushgateway(
     (SeaweedFS) and PUSHGATEWAY_URL on a real Pushgateway scraped by a real Prometheus:
     every object of the run verifies against its manifest, the champion pointer names a
     complete version, and PromQL returns the run's R² with the pipeline and stage labels."""
-    from cloudml.storage import download_dir, open_store, read_manifest
+    from cloudml.store.backends import download_dir, open_store, read_manifest
     from tests.servers import wait_for_query
 
     store = open_store("s3://t-e2e-run/cloudml")

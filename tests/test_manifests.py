@@ -1,4 +1,4 @@
-"""manifests/ and `cloudml.manifests_check`: the real tree passes; broken copies fail."""
+"""manifests/ and `cloudml.cluster.manifests_check`: the real tree passes; broken copies fail."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudml import manifests_check as mc
-from cloudml import platform
+from cloudml.cluster import manifests_check as mc
+from cloudml.cluster import settings as platform
 from tests.conftest import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1] / "manifests"
@@ -67,7 +67,7 @@ def test_dashboard_and_alerts_use_only_contract_metrics(rendered: dict[str, list
     try:
         names = mc.contract_metric_names()
     except ImportError:
-        skip_or_fail("cloudml.telemetry (METRIC_NAMES) not importable yet")
+        skip_or_fail("cloudml.cluster.telemetry (METRIC_NAMES) not importable yet")
     assert names == CONTRACT, "telemetry.METRIC_NAMES drifted from the agreed contract"
     result = mc.metrics_result(mc.rule_groups(docs), mc.dashboards(docs))
     assert result.ok, result.problems
@@ -80,7 +80,7 @@ def test_metric_check_catches_unknown_name(rendered: dict[str, list[dict]]) -> N
     assert mc.metric_problems(exprs, CONTRACT) == []
     exprs.append(("typo", 'cloudml_val_r2_score{stage="evaluate"} < 0.3'))
     assert mc.metric_problems(exprs, CONTRACT) == [
-        "typo: metric cloudml_val_r2_score is not in cloudml.telemetry.METRIC_NAMES"
+        "typo: metric cloudml_val_r2_score is not in cloudml.cluster.telemetry.METRIC_NAMES"
     ]
     # every contract name the dashboard shows is one the contract has, and it shows them all
     board = [e for _, text in mc.dashboards(docs) for e in mc.dashboard_exprs(yaml.safe_load(text))]

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudml import platform
+from cloudml.cluster import settings as platform
+from cloudml.cluster.submit import compile_pipeline
 from cloudml.config import Config, load_config, preset_names
 from cloudml.flights import FLIGHT_NAMES
-from cloudml.kfp_ops import compile_pipeline
 
 MARKER = "s3cr3t-marker-7f1c"
 GPU_TASKS = ("pretrain", "finetune", "evaluate")

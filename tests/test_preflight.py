@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudml import cli, platform, preflight
+from cloudml import cli
+from cloudml.cluster import preflight
+from cloudml.cluster import settings as platform
 from tests.k8s_standin import K8sStandin, scenario, write_kubeconfig
 
 ALL_CHECKS = [
@@ -38,7 +40,7 @@ def _lines(out: str) -> dict[str, str]:
 
 
 def test_registered_in_cli() -> None:
-    assert "cloudml.preflight" in cli.COMMAND_MODULES
+    assert "cloudml.cluster.preflight" in cli.COMMAND_MODULES
 
 
 def test_healthy_cluster_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -9,7 +9,8 @@ import time
 import pytest
 
 from cloudml.errors import StorageError
-from cloudml.promotion import (
+from cloudml.store.backends import LocalStore, S3Store, manifest_sha256, read_manifest, upload_dir
+from cloudml.store.promotion import (
     best_record,
     decide,
     pointer_key,
@@ -18,7 +19,6 @@ from cloudml.promotion import (
     rollback,
     version_prefix,
 )
-from cloudml.storage import LocalStore, S3Store, manifest_sha256, read_manifest, upload_dir
 from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 

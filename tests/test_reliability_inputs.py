@@ -15,7 +15,7 @@ from train_fixtures import FAST, write_shards
 
 from cloudml.cli import main
 from cloudml.data import layout
-from cloudml.storage import S3Store
+from cloudml.store.backends import S3Store
 from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 

@@ -19,7 +19,8 @@ from train_fixtures import FAST, write_shards
 from cloudml.config import load_config
 from cloudml.data import ingest
 from cloudml.errors import StorageError
-from cloudml.resume import (
+from cloudml.store.backends import LocalStore, S3Store, open_store
+from cloudml.store.resume import (
     ingest_or_reuse,
     read_state,
     restore_stage_state,
@@ -28,8 +29,7 @@ from cloudml.resume import (
     state_prefix,
     sync_on_epoch,
 )
-from cloudml.storage import LocalStore, S3Store, open_store
-from cloudml.train_ckpt import load_checkpoint
+from cloudml.training.checkpoint import load_checkpoint
 from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 SETTINGS = {**FAST, "epochs": 5, "warmup_steps": 6, "early_stopping_patience": 50}
@@ -40,7 +40,7 @@ PREFIX = state_prefix("tuned", "run-1", "pretrain")
 # the stage state goes.
 POD = """
 import logging, sys
-from cloudml.pipeline_steps import run_pretrain
+from cloudml.steps import run_pretrain
 logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
 shard_dir, config_json, out, run_id = sys.argv[1:5]
 run_pretrain([shard_dir], config_json, out, run_id)

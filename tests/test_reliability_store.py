@@ -21,9 +21,8 @@ from rawfiles import flight_arrays, write_flight
 
 from cloudml.config import load_config
 from cloudml.errors import StorageError
-from cloudml.pipeline_steps import run_ingest
-from cloudml.promotion import pointer_key, promote, read_champion, version_prefix
-from cloudml.storage import (
+from cloudml.steps import run_ingest
+from cloudml.store.backends import (
     RetryPolicy,
     S3Store,
     download_dir,
@@ -33,6 +32,7 @@ from cloudml.storage import (
     run_prefix,
     upload_dir,
 )
+from cloudml.store.promotion import pointer_key, promote, read_champion, version_prefix
 from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 pytestmark = pytest.mark.servers
@@ -137,15 +137,15 @@ def test_promotion_with_gateway_gone_leaves_pointer_on_complete_version(
 UPLOADER = """
 import sys
 from pathlib import Path
-from cloudml.storage import open_store, run_prefix, upload_dir
+from cloudml.store.backends import open_store, run_prefix, upload_dir
 src, run_id = sys.argv[1:3]
 upload_dir(open_store("s3://t-reliability/two"), Path(src), run_prefix("tuned", run_id))
 """
 
 PROMOTER = """
 import sys
-from cloudml.promotion import promote
-from cloudml.storage import open_store
+from cloudml.store.promotion import promote
+from cloudml.store.backends import open_store
 run_id, r2 = sys.argv[1], float(sys.argv[2])
 promote(open_store("s3://t-reliability/race"), "tuned", run_id, f"runs/tuned/{run_id}/model", r2)
 """

@@ -19,16 +19,16 @@ from cloudml.cli import main
 from cloudml.config import ModelConfig, load_config
 from cloudml.errors import DataError, StorageError
 from cloudml.model import CBHNet
-from cloudml.pipeline_steps import run_ingest
-from cloudml.resume import (
+from cloudml.steps import run_ingest
+from cloudml.store.backends import S3Store, download_dir, open_store, upload_dir
+from cloudml.store.resume import (
     checkpoint_sha256,
     restore_stage_state,
     save_stage_state,
     state_prefix,
     verify_stage_checkpoint,
 )
-from cloudml.storage import S3Store, download_dir, open_store, upload_dir
-from cloudml.train_ckpt import load_checkpoint, save_checkpoint
+from cloudml.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -200,7 +200,7 @@ def test_checkpoint_changed_after_its_stage_is_refused(tmp_path, caplog):
 
 def test_pipeline_refuses_a_checkpoint_changed_between_stages(tmp_path, monkeypatch):
     """pretrain's summary.json records model_sha256; finetune and evaluate check it."""
-    from cloudml.pipeline_steps import run_evaluate, run_finetune, run_pretrain
+    from cloudml.steps import run_evaluate, run_finetune, run_pretrain
 
     monkeypatch.delenv("CLOUDML_STORE", raising=False)
     monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from train_fixtures import FAST, write_shards
 
-from cloudml.train_ckpt import load_checkpoint
+from cloudml.training.checkpoint import load_checkpoint
 
 SETTINGS = {**FAST, "epochs": 4, "warmup_steps": 6}
 

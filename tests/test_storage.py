@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import urllib3.exceptions
 
-from cloudml import storage
 from cloudml.errors import StorageError
-from cloudml.storage import (
+from cloudml.store import backends as storage
+from cloudml.store.backends import (
     LocalStore,
     RetryPolicy,
     S3Store,
@@ -263,7 +263,7 @@ def test_open_store_dispatch(tmp_path, monkeypatch):
 
 
 def test_pipeline_root_names_the_platform_bucket():
-    from cloudml.platform import MINIO_BUCKET
+    from cloudml.cluster.settings import MINIO_BUCKET
 
     assert storage.DEFAULT_PIPELINE_ROOT == f"s3://{MINIO_BUCKET}/pipeline-root"
 
@@ -425,7 +425,7 @@ def test_s3_corrupted_object_checksum_error(s3_server, tmp_path):
 @pytest.mark.servers
 def test_s3_server_stopped_mid_upload_retries_then_succeeds(s3_restartable, tmp_path, caplog):
     srv = s3_restartable
-    caplog.set_level(logging.WARNING, logger="cloudml.storage")
+    caplog.set_level(logging.WARNING, logger="cloudml.store.backends")
     policy = RetryPolicy(attempts=12, base_delay_s=0.3, max_delay_s=2.0, max_total_s=40.0)
     store = s3_store(srv, "t-restart", policy=policy)
     store.ensure_bucket()

@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from cloudml import telemetry
+from cloudml.cluster import telemetry
+from cloudml.cluster.telemetry import METRIC_NAMES, STAGE_METRICS, Telemetry
 from cloudml.errors import ConfigError
-from cloudml.telemetry import METRIC_NAMES, STAGE_METRICS, Telemetry
 from tests.servers import free_port, gateway_metrics, prom_query, wait_for_query
 
 CONTRACT = {
@@ -135,12 +135,12 @@ def test_no_url_pushes_nothing_with_one_info_line(monkeypatch, caplog):
     monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)
     rec = Recorder()
     monkeypatch.setattr(telemetry, "pushadd_to_gateway", rec)
-    caplog.set_level(logging.INFO, logger="cloudml.telemetry")
+    caplog.set_level(logging.INFO, logger="cloudml.cluster.telemetry")
     for stage in ("pretrain", "evaluate"):
         t = Telemetry("tuned", stage)
         assert t.duration(1.0) is False
     assert rec.calls == []
-    lines = [r for r in caplog.records if r.name == "cloudml.telemetry"]
+    lines = [r for r in caplog.records if r.name == "cloudml.cluster.telemetry"]
     assert (
         len(lines) == 1
         and lines[0].levelno == logging.INFO
@@ -151,7 +151,7 @@ def test_no_url_pushes_nothing_with_one_info_line(monkeypatch, caplog):
 def test_gateway_down_returns_with_one_warning(monkeypatch, caplog):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens
     monkeypatch.setenv("PUSHGATEWAY_URL", url)
-    caplog.set_level(logging.DEBUG, logger="cloudml.telemetry")
+    caplog.set_level(logging.DEBUG, logger="cloudml.cluster.telemetry")
     t0 = time.monotonic()
     t = Telemetry("tuned", "finetune")
     results = [t.epoch(e, 1.0, 1.0, 1e-4) for e in range(1, 6)] + [

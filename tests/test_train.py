@@ -5,8 +5,8 @@ import pytest
 import torch
 from train_fixtures import fast_cfg, make_shard, write_shards
 
-import cloudml.train as train
-import cloudml.train_data as train_data
+import cloudml.training.data as train_data
+import cloudml.training.stages as train
 from cloudml.cli import main
 from cloudml.config import load_config
 from cloudml.data import synth
@@ -14,8 +14,8 @@ from cloudml.data.shard import write_shard
 from cloudml.errors import ConfigError
 from cloudml.evaluate import evaluate
 from cloudml.model import CBHNet
-from cloudml.train_ckpt import load_checkpoint, load_weights, model_from_checkpoint
-from cloudml.train_data import augment, batches, epoch_order, fit_scalers, time_split
+from cloudml.training.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
+from cloudml.training.data import augment, batches, epoch_order, fit_scalers, time_split
 
 
 # --- pure helpers ---------------------------------------------------------------------------

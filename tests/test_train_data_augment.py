@@ -1,4 +1,4 @@
-"""cloudml.train_data.augment gives the same bits as the whole-batch implementation it replaced
+"""cloudml.training.data.augment gives the same bits as the whole-batch implementation it replaced
 (same draws, same order), and leaves the caller's tensor alone."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cloudml.train_data import augment
+from cloudml.training.data import augment
 
 
 def _reference_augment(

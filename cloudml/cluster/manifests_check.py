@@ -1,13 +1,13 @@
 """Render and check every kustomize overlay under manifests/: `make manifests-check`.
 
-    python -m cloudml.manifests_check manifests
+    python -m cloudml.cluster.manifests_check manifests
 
 Per overlay: `kubectl kustomize` renders it; `kubernetes-validate --strict` checks every
 built-in kind against the Kubernetes 1.30 schemas (unknown fields fail); every pod template
 meets the "restricted" Pod Security Standard with resource requests and limits; the names
-agree with cloudml/platform.py. Once: `promtool check rules` and `promtool test rules` on the
+agree with cloudml/cluster/settings.py. Once: `promtool check rules` and `promtool test rules` on the
 PrometheusRule, the Grafana dashboard parses, and every metric name in the dashboard and
-the alerts is in cloudml.telemetry.METRIC_NAMES. One PASS/FAIL line per check; exit 1 on
+the alerts is in cloudml.cluster.telemetry.METRIC_NAMES. One PASS/FAIL line per check; exit 1 on
 any failure.
 
 The checks are pure functions over rendered objects (dicts); only `render_overlay`,
@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 
 import yaml
 
-from cloudml import platform
+from cloudml.cluster import settings as platform
 
 K8S_VERSION = "1.30.0"
 CHECKS = ("render", "schema", "pss", "platform", "promtool", "metrics")
@@ -178,7 +178,7 @@ def _points_at(endpoint: str, service: str, port: int, namespace: str = platform
 
 
 def platform_problems(docs: list[dict[str, Any]]) -> list[str]:
-    """Names in the rendered overlay that disagree with cloudml/platform.py."""
+    """Names in the rendered overlay that disagree with cloudml/cluster/settings.py."""
     p = platform
     problems: list[str] = []
     ns = _find(docs, "Namespace", p.NAMESPACE)
@@ -359,7 +359,7 @@ def metric_problems(named_exprs: Iterable[tuple[str, str]], allowed: frozenset[s
     for where, expr in named_exprs:
         for name in sorted(promql_metric_names(expr)):
             if name not in allowed and name not in EXTERNAL_METRICS:
-                problems.append(f"{where}: metric {name} is not in cloudml.telemetry.METRIC_NAMES")
+                problems.append(f"{where}: metric {name} is not in cloudml.cluster.telemetry.METRIC_NAMES")
     return problems
 
 
@@ -454,8 +454,8 @@ def promtool_problems(groups: list[dict[str, Any]], tests_dir: Path, workdir: Pa
 
 
 def contract_metric_names() -> frozenset[str]:
-    """cloudml.telemetry.METRIC_NAMES, imported lazily (another module owns it)."""
-    from cloudml.telemetry import METRIC_NAMES
+    """cloudml.cluster.telemetry.METRIC_NAMES, imported lazily (another module owns it)."""
+    from cloudml.cluster.telemetry import METRIC_NAMES
 
     return frozenset(METRIC_NAMES)
 
@@ -522,7 +522,7 @@ def run_checks(root: Path, checks: Iterable[str] = CHECKS) -> list[CheckResult]:
 
 def metrics_result(groups: list[dict[str, Any]], boards: list[tuple[str, str]]) -> CheckResult:
     """Dashboards parse; every metric in dashboards and alerts is in the contract."""
-    name = "dashboard JSON + metric names vs cloudml.telemetry.METRIC_NAMES"
+    name = "dashboard JSON + metric names vs cloudml.cluster.telemetry.METRIC_NAMES"
     problems: list[str] = []
     exprs: list[tuple[str, str]] = []
     if not boards:
@@ -545,13 +545,13 @@ def metrics_result(groups: list[dict[str, Any]], boards: list[tuple[str, str]]) 
     try:
         allowed = contract_metric_names()
     except ImportError as e:
-        return CheckResult(name, (*problems, f"cannot import cloudml.telemetry.METRIC_NAMES: {e}"))
+        return CheckResult(name, (*problems, f"cannot import cloudml.cluster.telemetry.METRIC_NAMES: {e}"))
     return CheckResult(name, tuple(problems + metric_problems(exprs, allowed)))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m cloudml.manifests_check", description=__doc__.splitlines()[0]
+        prog="python -m cloudml.cluster.manifests_check", description=__doc__.splitlines()[0]
     )
     parser.add_argument(
         "root", type=Path, nargs="?", default=Path("manifests"), help="manifests directory"

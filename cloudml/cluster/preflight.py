@@ -4,7 +4,7 @@ Checks, each a pure function over Kubernetes API objects (plain dicts as the API
 them): the GPU pool (nodes with the pool's label, its taint, allocatable nvidia.com/gpu),
 the MinIO credentials Secret, the kfp-launcher and cloudml-settings ConfigMaps and the
 MinIO / Pushgateway Services in the run namespace, and that the pool the pipeline will be
-compiled for (cloudml.platform.gpu_pool) is the one the cluster's settings name. One
+compiled for (cloudml.cluster.settings.gpu_pool) is the one the cluster's settings name. One
 PASS/FAIL line per check with the fix; exit 1 if any fails. The API calls are a thin layer
 (`ClusterReader`) over the `kubernetes` client.
 """
@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cloudml import platform
+from cloudml.cluster import settings as platform
+from cloudml.cluster.manifests_check import launcher_problems
 from cloudml.errors import CloudMLError
-from cloudml.manifests_check import launcher_problems
 
 log = logging.getLogger(__name__)
 GPU_RESOURCE = "nvidia.com/gpu"

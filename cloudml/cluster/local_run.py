@@ -175,7 +175,7 @@ def run_local(
     a failed gate). Other task failures raise CloudMLError naming the task."""
     from kfp import local
 
-    from cloudml.kfp_ops import _training_module
+    from cloudml.cluster.submit import _training_module
 
     values = parse_overrides(overrides)
     values.setdefault("scale", scale)
@@ -253,7 +253,7 @@ def run_local(
 
 def _store_location(run_name: str, pipeline: str) -> str:
     """Where the run folder is mirrored: <CLOUDML_STORE>/runs/<pipeline>/<run name>."""
-    from cloudml.storage import run_prefix
+    from cloudml.store.backends import run_prefix
 
     return f"{os.environ['CLOUDML_STORE'].rstrip('/')}/{run_prefix(pipeline, run_name)}"
 
@@ -261,7 +261,7 @@ def _store_location(run_name: str, pipeline: str) -> str:
 def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
     """Mirror the run folder into the store with a sha256 manifest written last (a prefix
     with a manifest is complete). The local folder stays whatever happens."""
-    from cloudml.storage import open_store, run_prefix, upload_dir
+    from cloudml.store.backends import open_store, run_prefix, upload_dir
 
     prefix = run_prefix(pipeline, run_name)
     upload_dir(open_store(), run_dir, prefix)

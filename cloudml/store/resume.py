@@ -31,7 +31,7 @@ from typing import Any
 
 from cloudml.errors import CloudMLError, StorageError
 from cloudml.fileio import sha256_file
-from cloudml.storage import Store, run_prefix
+from cloudml.store.backends import Store, run_prefix
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _local_epoch(out_dir: Path) -> int:
     last = out_dir / "last.pt"
     if not last.is_file():
         return 0
-    from cloudml.train_ckpt import load_checkpoint  # torch only where a checkpoint exists
+    from cloudml.training.checkpoint import load_checkpoint  # torch only where a checkpoint exists
 
     try:
         return int(load_checkpoint(last)["state"]["epoch"])

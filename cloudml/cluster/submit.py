@@ -26,14 +26,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cloudml import __version__, platform
+from cloudml import __version__
+from cloudml.cluster import settings as platform
 from cloudml.config import load_config, parse_overrides, preset_names
 from cloudml.errors import CloudMLError, ConfigError
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "cloudml"
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 

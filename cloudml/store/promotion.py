@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudml.errors import StorageError
-from cloudml.storage import (
+from cloudml.store.backends import (
     Store,
     build_manifest,
     manifest_key,

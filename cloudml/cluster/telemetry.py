@@ -102,7 +102,7 @@ def build_registry(values: Mapping[str, float]) -> CollectorRegistry:
     registry = CollectorRegistry()
     for name, value in values.items():
         if name not in METRIC_NAMES:
-            raise ValueError(f"{name} is not in cloudml.telemetry.METRIC_NAMES")
+            raise ValueError(f"{name} is not in cloudml.cluster.telemetry.METRIC_NAMES")
         Gauge(name, _HELP[name], registry=registry).set(float(value))
     return registry
 

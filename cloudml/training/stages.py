@@ -32,8 +32,8 @@ from cloudml.errors import ConfigError, DataError
 from cloudml.evaluate import regression_metrics
 from cloudml.fileio import atomic_path
 from cloudml.model import CBHNet, configure_checkpointing, encode_scalars, maybe_compile
-from cloudml.train_ckpt import load_checkpoint, load_weights, save_checkpoint
-from cloudml.train_data import (
+from cloudml.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from cloudml.training.data import (
     Pool,
     augment,
     batches,

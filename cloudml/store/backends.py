@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
+from cloudml.cluster.settings import MINIO_BUCKET
 from cloudml.errors import StorageError
 from cloudml.fileio import atomic_path, sha256_file
-from cloudml.platform import MINIO_BUCKET
 
 log = logging.getLogger(__name__)
 

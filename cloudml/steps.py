@@ -29,7 +29,7 @@ from cloudml.config import Config, build_config, config_from_dict
 from cloudml.errors import DataError, GateFailed, StorageError
 from cloudml.fileio import atomic_path
 from cloudml.gate import gate_verdict
-from cloudml.resume import checkpoint_sha256, verify_stage_checkpoint
+from cloudml.store.resume import checkpoint_sha256, verify_stage_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def _local_raw_dir(raw_uri: str, flight: str, scratch: Path) -> Path:
     """A local directory holding raw/<flight>/ (downloaded from the store when remote)."""
     if raw_uri.startswith(REMOTE_SCHEMES):
-        from cloudml import storage  # only remote runs need the S3 client
+        from cloudml.store import backends as storage  # only remote runs need the S3 client
 
         store = storage.open_store(raw_uri)
         storage.fetch_raw_flight(store, flight, scratch / flight)
@@ -90,7 +90,7 @@ def raw_fingerprint(raw_uri: str, flight: str) -> str:
     from cloudml.fileio import sha256_file
 
     if raw_uri.startswith(REMOTE_SCHEMES):
-        from cloudml import storage
+        from cloudml.store import backends as storage
 
         store = storage.open_store(raw_uri)
         for prefix in (storage.raw_prefix(flight), flight):  # as fetch_raw_flight looks
@@ -158,7 +158,7 @@ def ingest_summaries(dirs: Iterable[str | Path]) -> dict[str, dict[str, Any]]:
 # --- training --------------------------------------------------------------------------
 def _telemetry(pipeline: str, stage: str):
     """The stage's Pushgateway client (a no-op with one info line when PUSHGATEWAY_URL is unset)."""
-    from cloudml.telemetry import Telemetry
+    from cloudml.cluster.telemetry import Telemetry
 
     return Telemetry(pipeline, stage)
 
@@ -188,8 +188,8 @@ def _resumable(stage: str, pipeline: str, run_id: str, out_dir: Path):
     inner = _epoch_logger(stage, pipeline)
     if not run_id or not os.environ.get("CLOUDML_STORE"):
         return inner
-    from cloudml.resume import restore_stage_state, state_prefix, sync_on_epoch
-    from cloudml.storage import open_store
+    from cloudml.store.backends import open_store
+    from cloudml.store.resume import restore_stage_state, state_prefix, sync_on_epoch
 
     store = open_store()
     prefix = state_prefix(pipeline, run_id, stage)
@@ -203,7 +203,7 @@ def run_pretrain(
     shard_dirs: list[str], config_json: str, out_dir: Path, run_id: str = ""
 ) -> dict[str, Any]:
     """Pretrain on cfg.data.pretrain_flight's shard; checkpoints into out_dir."""
-    from cloudml.train import pretrain
+    from cloudml.training.stages import pretrain
 
     cfg = config_from_json(config_json)
     on_epoch = _resumable("pretrain", cfg.preset, run_id, Path(out_dir))
@@ -216,7 +216,7 @@ def run_finetune(
     shard_dirs: list[str], config_json: str, pretrained_dir: Path, out_dir: Path, run_id: str = ""
 ) -> dict[str, Any]:
     """Fine-tune from pretrained_dir/model.pt on every flight but the validation flight."""
-    from cloudml.train import finetune
+    from cloudml.training.stages import finetune
 
     cfg = config_from_json(config_json)
     ckpt = verify_stage_checkpoint(pretrained_dir)  # missing, or changed since pretrain: refused
@@ -339,9 +339,9 @@ def run_gate(
 
 def run_promote(model_dir: Path, pipeline: str, run_id: str, r2: float) -> dict[str, Any]:
     """Upload the gated model to runs/<pipeline>/<run id>/model in the store (CLOUDML_STORE),
-    then make it the champion if its R² beats the current one (cloudml.promotion)."""
-    from cloudml.promotion import promote
-    from cloudml.storage import open_store, run_prefix, upload_dir
+    then make it the champion if its R² beats the current one (cloudml.store.promotion)."""
+    from cloudml.store.backends import open_store, run_prefix, upload_dir
+    from cloudml.store.promotion import promote
 
     if not run_id:
         raise StorageError("promote: empty run id (expected the KFP pipeline job id)")

@@ -1,0 +1,1 @@
+"""Artifact storage: local directory or S3/MinIO, manifests, stage-state resume, promotion."""

@@ -1,0 +1,1 @@
+"""Training: in-memory flight data, the loop, the two stages, checkpoints."""
