@@ -1,5 +1,10 @@
-"""Shared fixtures. Server fixtures (SeaweedFS, Pushgateway, Prometheus) live in
-tests/servers.py; tiny synthetic data fixtures in tests/fixtures.py."""
+"""What every test gets: one OpenMP thread per process, and the real-server fixtures.
+
+The fixtures `s3_server`, `s3_restartable`, `s3_env`, `pushgateway` and `prometheus` are
+defined in tests/support/servers.py and imported here so that pytest finds them; the other
+helpers (stand-ins, raw flights, tiny shards, `skip_or_fail`) are plain modules under
+tests/support/ that tests import.
+"""
 
 from __future__ import annotations
 
@@ -11,14 +16,10 @@ import os
 # children inherit it. Benchmarks and `make run` keep all cores.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import pytest  # noqa: E402
-
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def skip_or_fail(reason: str) -> None:
-    """Skip loudly when a real server/tool is missing — but fail under CI=true."""
-    if IN_CI:
-        pytest.fail(f"required in CI: {reason}")
-    pytest.skip(f"NOT EXERCISED: {reason}")
-from tests.servers import *  # noqa: E402,F401,F403  (SeaweedFS / Pushgateway / Prometheus fixtures)
+from tests.support.servers import (  # noqa: E402,F401  (fixtures, found by pytest by name)
+    prometheus,
+    pushgateway,
+    s3_env,
+    s3_restartable,
+    s3_server,
+)

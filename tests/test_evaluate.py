@@ -3,12 +3,12 @@ import json
 
 import numpy as np
 import pytest
-from train_fixtures import fast_cfg, write_shards
 
 import cloudml.training.stages as train
 from cloudml.cli import main
 from cloudml.errors import DataError
 from cloudml.evaluate import evaluate, regression_metrics
+from tests.support.train_fixtures import fast_cfg, write_shards
 
 
 def test_regression_metrics_values():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cloudml.cluster import settings as platform
-from tests.conftest import skip_or_fail
+from tests.support.skips import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"

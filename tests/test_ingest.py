@@ -3,7 +3,6 @@ import re
 import h5py
 import numpy as np
 import pytest
-from rawfiles import flight_arrays, truncate, write_flight
 
 from cloudml.cli import main
 from cloudml.config import load_config
@@ -12,6 +11,7 @@ from cloudml.data import preprocess as pp
 from cloudml.data.ingest import ingest_flight
 from cloudml.data.shard import read_shard
 from cloudml.fileio import sha256_file
+from tests.support.rawfiles import flight_arrays, truncate, write_flight
 
 
 def _ingest_cli(tmp_path, flight="30Oct24", *extra):

@@ -15,7 +15,7 @@ from cloudml.cli import main
 from cloudml.cluster import settings as platform
 from cloudml.cluster import submit as kfp_ops
 from cloudml.errors import ConfigError
-from tests.kfp_standin import API, KfpStandin
+from tests.support.kfp_standin import API, KfpStandin
 
 
 @pytest.fixture

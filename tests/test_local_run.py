@@ -217,7 +217,7 @@ def test_local_run_with_s3_store_and_pushgateway(
     every object of the run verifies against its manifest, the champion pointer names a
     complete version, and PromQL returns the run's R² with the pipeline and stage labels."""
     from cloudml.store.backends import download_dir, open_store, read_manifest
-    from tests.servers import wait_for_query
+    from tests.support.servers import wait_for_query
 
     store = open_store("s3://t-e2e-run/cloudml")
     store.ensure_bucket()

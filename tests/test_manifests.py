@@ -11,7 +11,7 @@ import yaml
 
 from cloudml.cluster import manifests_check as mc
 from cloudml.cluster import settings as platform
-from tests.conftest import skip_or_fail
+from tests.support.skips import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1] / "manifests"
 # The metric contract as written in the task brief (telemetry.METRIC_NAMES is the code copy).

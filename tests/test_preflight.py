@@ -11,7 +11,7 @@ import pytest
 from cloudml import cli
 from cloudml.cluster import preflight
 from cloudml.cluster import settings as platform
-from tests.k8s_standin import K8sStandin, scenario, write_kubeconfig
+from tests.support.k8s_standin import K8sStandin, scenario, write_kubeconfig
 
 ALL_CHECKS = [
     "API server", "GPU pool label", "GPU pool taint", "GPU allocatable", "GPU pool agreement",

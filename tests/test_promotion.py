@@ -19,7 +19,7 @@ from cloudml.store.promotion import (
     rollback,
     version_prefix,
 )
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 
 def put_run(store, tmp_path, run_id: str, payload: bytes = b"") -> str:

@@ -1,10 +1,10 @@
 import h5py
 import numpy as np
 import pytest
-from rawfiles import T0, flight_arrays, write_flight
 
 from cloudml.data import layout, raw
 from cloudml.errors import DataError
+from tests.support.rawfiles import T0, flight_arrays, write_flight
 
 
 def test_readers_happy_path(tmp_path):

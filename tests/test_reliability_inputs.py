@@ -10,13 +10,13 @@ import re
 import h5py
 import numpy as np
 import pytest
-from rawfiles import flight_arrays, write_flight
-from train_fixtures import FAST, write_shards
 
 from cloudml.cli import main
 from cloudml.data import layout
 from cloudml.store.backends import S3Store
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.rawfiles import flight_arrays, write_flight
+from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.train_fixtures import FAST, write_shards
 
 
 def _replace(path, name, data):

@@ -13,8 +13,6 @@ import time
 
 import pytest
 import torch
-from rawfiles import flight_arrays, write_flight
-from train_fixtures import FAST, write_shards
 
 from cloudml.config import load_config
 from cloudml.data import ingest
@@ -30,7 +28,9 @@ from cloudml.store.resume import (
     sync_on_epoch,
 )
 from cloudml.training.checkpoint import load_checkpoint
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.rawfiles import flight_arrays, write_flight
+from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.train_fixtures import FAST, write_shards
 
 SETTINGS = {**FAST, "epochs": 5, "warmup_steps": 6, "early_stopping_patience": 50}
 PREFIX = state_prefix("tuned", "run-1", "pretrain")

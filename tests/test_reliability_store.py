@@ -17,7 +17,6 @@ import sys
 import threading
 
 import pytest
-from rawfiles import flight_arrays, write_flight
 
 from cloudml.config import load_config
 from cloudml.errors import StorageError
@@ -33,7 +32,8 @@ from cloudml.store.backends import (
     upload_dir,
 )
 from cloudml.store.promotion import pointer_key, promote, read_champion, version_prefix
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.rawfiles import flight_arrays, write_flight
+from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 pytestmark = pytest.mark.servers
 

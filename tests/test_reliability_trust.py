@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from rawfiles import flight_arrays, write_flight
-from train_fixtures import FAST, write_shards
 
 from cloudml.cli import main
 from cloudml.config import ModelConfig, load_config
@@ -29,7 +27,9 @@ from cloudml.store.resume import (
     verify_stage_checkpoint,
 )
 from cloudml.training.checkpoint import load_checkpoint, save_checkpoint
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.rawfiles import flight_arrays, write_flight
+from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.train_fixtures import FAST, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
 

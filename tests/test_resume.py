@@ -10,9 +10,9 @@ import time
 
 import pytest
 import torch
-from train_fixtures import FAST, write_shards
 
 from cloudml.training.checkpoint import load_checkpoint
+from tests.support.train_fixtures import FAST, write_shards
 
 SETTINGS = {**FAST, "epochs": 4, "warmup_steps": 6}
 

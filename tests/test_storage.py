@@ -25,7 +25,7 @@ from cloudml.store.backends import (
     upload_dir,
     with_retries,
 )
-from tests.servers import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 FAST = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.1, max_total_s=2.0)
 
@@ -269,7 +269,7 @@ def test_pipeline_root_names_the_platform_bucket():
 
 
 def test_unreachable_endpoint_is_a_clear_error(tmp_path, monkeypatch):
-    from tests.servers import free_port
+    from tests.support.servers import free_port
 
     port = free_port()  # nothing listens here
     store = S3Store(

@@ -11,7 +11,7 @@ import pytest
 from cloudml.cluster import telemetry
 from cloudml.cluster.telemetry import METRIC_NAMES, STAGE_METRICS, Telemetry
 from cloudml.errors import ConfigError
-from tests.servers import free_port, gateway_metrics, prom_query, wait_for_query
+from tests.support.servers import free_port, gateway_metrics, prom_query, wait_for_query
 
 CONTRACT = {
     "pretrain": {

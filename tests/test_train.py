@@ -3,7 +3,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_fixtures import fast_cfg, make_shard, write_shards
 
 import cloudml.training.data as train_data
 import cloudml.training.stages as train
@@ -16,6 +15,7 @@ from cloudml.evaluate import evaluate
 from cloudml.model import CBHNet
 from cloudml.training.checkpoint import load_checkpoint, load_weights, model_from_checkpoint
 from cloudml.training.data import augment, batches, epoch_order, fit_scalers, time_split
+from tests.support.train_fixtures import fast_cfg, make_shard, write_shards
 
 
 # --- pure helpers ---------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def test_cli_pretrain(tmp_path, capsys):
 
 
 def _fast_overrides():
-    from train_fixtures import FAST
+    from tests.support.train_fixtures import FAST
 
     return {
         k: str(v).lower() if isinstance(v, bool) else v for k, v in FAST.items() if k != "epochs"

@@ -2,7 +2,7 @@
 
 Each runs on 127.0.0.1 with free ports and a tmp dir, session-scoped (SeaweedFS takes a few
 seconds to start), and is stopped with SIGTERM then SIGKILL after a bound (SeaweedFS waits
-~10-25 s on SIGTERM). A missing binary goes through conftest.skip_or_fail.
+~10-25 s on SIGTERM). A missing binary goes through tests.support.skips.skip_or_fail.
 
 SeaweedFS runs as two processes: `weed server` (master + volume + filer) and `weed s3` (the
 S3 gateway), so fault tests can stop and restart just the S3 endpoint on the same port and
@@ -27,13 +27,7 @@ from pathlib import Path
 
 import pytest
 
-
-def skip_or_fail(reason: str) -> None:
-    """conftest.skip_or_fail, imported late: conftest star-imports this module."""
-    from tests.conftest import skip_or_fail as _skip_or_fail
-
-    _skip_or_fail(reason)
-
+from tests.support.skips import skip_or_fail
 
 S3_ACCESS_KEY = "cloudml-test-access"
 S3_SECRET_KEY = "cloudml-test-SECRET-do-not-log-7f3a9"  # tests grep output for this string
@@ -41,6 +35,7 @@ STOP_TIMEOUT_S = 3.0
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -85,6 +80,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 30
 
 
 def _spawn(args: list[str], log: Path, cwd: Path) -> subprocess.Popen:
+    """Start `args` in its own session, stdout and stderr appended to `log`."""
     return subprocess.Popen(
         args, stdout=log.open("ab"), stderr=subprocess.STDOUT, cwd=cwd, start_new_session=True
     )
@@ -115,6 +111,7 @@ class SeaweedS3:
         }
 
     def start_backend(self) -> None:
+        """Start `weed server` (master + volume + filer) on free ports; wait for the filer."""
         data = self.root / "data"
         data.mkdir(parents=True, exist_ok=True)
         for name in ("master", "volume", "filer"):
@@ -171,6 +168,7 @@ class SeaweedS3:
         self.gateway = None
 
     def close(self) -> None:
+        """Stop the gateway, then the backend."""
         self.stop()
         stop_process(self.backend)
         self.backend = None
@@ -215,6 +213,8 @@ def s3_env(s3_server: SeaweedS3, monkeypatch: pytest.MonkeyPatch) -> dict[str, s
 # --- Pushgateway and Prometheus ------------------------------------------------------------
 @dataclass
 class HttpServer:
+    """A started server process and its port on 127.0.0.1."""
+
     proc: subprocess.Popen
     port: int
     root: Path
@@ -226,6 +226,7 @@ class HttpServer:
 
 @pytest.fixture(scope="session")
 def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    """One Prometheus Pushgateway for the session."""
     binary = find_binary("prometheus-pushgateway") or find_binary("pushgateway")
     if binary is None:
         skip_or_fail("prometheus-pushgateway not found (apt-get install prometheus-pushgateway)")
@@ -293,14 +294,6 @@ def wait_for_query(prom: HttpServer, promql: str, timeout_s: float = 20.0) -> li
 
 
 def gateway_metrics(gw: HttpServer) -> str:
+    """The gateway's /metrics page (text exposition format)."""
     with urllib.request.urlopen(f"{gw.url}/metrics", timeout=5) as r:
         return r.read().decode()
-
-
-__all__ = [
-    "s3_server",
-    "s3_restartable",
-    "s3_env",
-    "pushgateway",
-    "prometheus",
-]

@@ -5,7 +5,8 @@ It implements only what kfp.Client uses for submit/schedule: healthz, pipelines
 (list with filter, create), runs (create), recurring runs (create, list, delete). State is
 in memory; `requests` holds (method, path, query, body) with bodies parsed (JSON, or the
 uploaded YAML text for multipart uploads). It is NOT a Kubeflow API server: it checks that
-our client code sends the right requests, not that a server would run them.
+our client code sends the right requests, not that a server would run them. The HTTP
+plumbing is tests/support/loopback.py.
 
     with KfpStandin() as kfp:
         os.environ["KFP_HOST"] = kfp.url
@@ -20,9 +21,10 @@ import email.policy
 import itertools
 import json
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
+
+from tests.support.loopback import LoopbackServer, Request
 
 API = "/apis/v2beta1"
 NOW = "2026-11-24T00:00:00Z"
@@ -50,8 +52,13 @@ def _multipart_file(content_type: str, body: bytes) -> str:
     raise ValueError("no uploadfile part in the multipart body")
 
 
-class KfpStandin:
+class KfpStandin(LoopbackServer):
+    """In-memory KFP v2beta1 state behind a loopback server; `requests` records every call."""
+
+    METHODS = ("GET", "POST", "DELETE")
+
     def __init__(self, token: str | None = None) -> None:
+        super().__init__()
         self.token = token  # when set, requests without "Bearer <token>" get 401
         self.requests: list[tuple[str, str, dict[str, list[str]], Any]] = []
         self.pipelines: dict[str, dict] = {}
@@ -61,64 +68,26 @@ class KfpStandin:
         self.recurring: dict[str, dict] = {}
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep pytest output clean
-                pass
-
-            def _handle(self, method: str) -> None:
-                url = urlparse(self.path)
-                query = parse_qs(url.query)
-                n = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(n) if n else b""
-                ctype = self.headers.get("Content-Type", "")
-                if raw and ctype.startswith("multipart/form-data"):
-                    body: Any = _multipart_file(ctype, raw)
-                elif raw:
-                    body = json.loads(raw)
-                else:
-                    body = None
-                with standin._lock:
-                    standin.requests.append((method, url.path, query, body))
-                    if (
-                        standin.token
-                        and self.headers.get("Authorization") != f"Bearer {standin.token}"
-                    ):
-                        status, payload = 401, {"error": "unauthenticated", "code": 16}
-                    else:
-                        status, payload = standin._route(method, url.path, query, body)
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._handle("GET")
-
-            def do_POST(self) -> None:
-                self._handle("POST")
-
-            def do_DELETE(self) -> None:
-                self._handle("DELETE")
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    # --- lifecycle ---
-    def __enter__(self) -> KfpStandin:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+    def respond(self, request: Request) -> tuple[int, Any]:
+        """Record the request (body parsed), check the token, then route it."""
+        url = urlparse(request.path)
+        query = parse_qs(url.query)
+        ctype = request.headers.get("Content-Type", "")
+        if request.body and ctype.startswith("multipart/form-data"):
+            body: Any = _multipart_file(ctype, request.body)
+        elif request.body:
+            body = json.loads(request.body)
+        else:
+            body = None
+        with self._lock:
+            self.requests.append((request.method, url.path, query, body))
+            if self.token and request.headers.get("Authorization") != f"Bearer {self.token}":
+                return 401, {"error": "unauthenticated", "code": 16}
+            return self._route(request.method, url.path, query, body)
 
     def find(self, method: str, path: str) -> list[tuple[str, str, dict, Any]]:
+        """The recorded requests with this method and path, oldest first."""
         return [r for r in self.requests if r[0] == method and r[1] == path]
 
     def _id(self, kind: str) -> str:

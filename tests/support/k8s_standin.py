@@ -1,7 +1,7 @@
 """Loopback stand-in for the few Kubernetes API reads `cloudml preflight` makes.
 
-A ThreadingHTTPServer on 127.0.0.1 (free port) serves recorded-shape API JSON for one
-scenario: GET /version, /api/v1/nodes, /api/v1/namespaces/NS/{secrets,configmaps,services}/NAME;
+A loopback server on 127.0.0.1 (free port; tests/support/loopback.py) serves recorded-shape
+API JSON for one scenario: GET /version, /api/v1/nodes, /api/v1/namespaces/NS/{secrets,configmaps,services}/NAME;
 anything else is a 404 Status object, as the real API server answers. `write_kubeconfig`
 points a kube config at it so the real `kubernetes` client is exercised end to end.
 
@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import base64
 import copy
-import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from cloudml.cluster import settings as platform
+from tests.support.loopback import LoopbackServer, Request
 
 SCENARIOS = ("healthy", "missing-taint", "missing-secret", "no-gpus")
-MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
+MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
 
 def _node(
@@ -110,45 +108,23 @@ def scenario(name: str, namespace: str = platform.NAMESPACE) -> dict[str, Any]:
     return routes
 
 
-class K8sStandin:
-    """Serve `routes` on 127.0.0.1:<free port> in a daemon thread; records request paths."""
+class K8sStandin(LoopbackServer):
+    """Serve `routes` (GET only) on 127.0.0.1:<free port>; records request paths."""
 
     def __init__(self, routes: dict[str, Any]) -> None:
+        super().__init__()
         self.routes = copy.deepcopy(routes)
         self.requests: list[str] = []
-        standin = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-                path = self.path.split("?", 1)[0]
-                standin.requests.append(path)
-                body = standin.routes.get(path)
-                status = 200 if body is not None else 404
-                if body is None:
-                    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
-                            "message": f"{path} not found", "reason": "NotFound", "code": 404}  # fmt: skip
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: Any) -> None:  # keep pytest output clean
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self) -> K8sStandin:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        self._thread.join(timeout=5)
+    def respond(self, request: Request) -> tuple[int, Any]:
+        """The route's JSON body, or a 404 Status object as the real API server answers."""
+        path = request.path.split("?", 1)[0]
+        self.requests.append(path)
+        body = self.routes.get(path)
+        if body is None:
+            return 404, {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "message": f"{path} not found", "reason": "NotFound", "code": 404}  # fmt: skip
+        return 200, body
 
 
 def write_kubeconfig(path: Path, server: str, namespace: str = platform.NAMESPACE) -> Path:
