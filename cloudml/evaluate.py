@@ -18,7 +18,7 @@ import numpy as np
 
 from cloudml.config import Config, add_config_args, config_from_args
 from cloudml.errors import ConfigError, DataError
-from cloudml.fileio import atomic_path
+from cloudml.fileio import atomic_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -127,8 +127,7 @@ def evaluate(
         for row in zip(pool.time_utc, y, p, strict=True):
             w.writerow([f"{row[0]:.3f}", f"{row[1]:.5f}", f"{row[2]:.5f}"])
     _plots(out_dir, y, p, hist, m)
-    with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps(m, indent=2) + "\n")
+    write_json(out_dir / "metrics.json", m, indent=2)
     log.info(
         "evaluate %s: R2 %.3f MAE %.3f km RMSE %.3f km std ratio %.2f n %d",
         flight, m["r2"], m["mae_km"], m["rmse_km"], m["std_ratio"], m["n"],

@@ -1,13 +1,15 @@
-"""Small file helpers: atomic writes, sha256."""
+"""Small file helpers: atomic writes (raw and JSON), sha256."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from cloudml.errors import StorageError
 
@@ -36,6 +38,17 @@ def atomic_path(dest: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def write_json(path: str | Path, obj: Any, *, end: str = "\n", **dumps_options: Any) -> None:
+    """Write `json.dumps(obj, **dumps_options) + end` to `path` atomically (see atomic_path).
+
+    The bytes are exactly those options' output: the training stages write
+    `write_json(p, obj, indent=2)` (trailing newline), the pipeline steps
+    `write_json(p, obj, end="", indent=2, sort_keys=True, default=str)`.
+    """
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, **dumps_options) + end)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:

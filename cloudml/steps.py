@@ -27,7 +27,7 @@ from typing import Any
 
 from cloudml.config import Config, build_config, config_from_dict
 from cloudml.errors import DataError, GateFailed, StorageError
-from cloudml.fileio import atomic_path
+from cloudml.fileio import atomic_path, write_json
 from cloudml.gate import gate_verdict
 from cloudml.store.resume import checkpoint_sha256, verify_stage_checkpoint
 
@@ -46,9 +46,8 @@ def config_from_json(text: str) -> Config:
     return config_from_dict(json.loads(text))
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str))
+# the pipeline's JSON files (summaries, stages.json, gate.json): sorted keys, no trailing newline
+JSON_OPTIONS: dict[str, Any] = {"end": "", "indent": 2, "sort_keys": True, "default": str}
 
 
 # --- ingest ----------------------------------------------------------------------------
@@ -126,7 +125,7 @@ def run_ingest(
         summary = ingest_flight(raw_dir, flight, out_dir / f"{flight}.h5", cfg)
         summary["data_source"] = raw_data_source(raw_dir, flight)
         summary["raw_fingerprint"] = fingerprint
-    _write_json(out_dir / f"{flight}.summary.json", summary)
+    write_json(out_dir / f"{flight}.summary.json", summary, **JSON_OPTIONS)
     return summary
 
 
@@ -229,7 +228,7 @@ def run_finetune(
 def _seal(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Record model.pt's sha256 in summary.json; the next stage checks it before loading."""
     summary = {**summary, "model_sha256": checkpoint_sha256(out_dir)}
-    _write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary, **JSON_OPTIONS)
     return summary
 
 
@@ -318,8 +317,8 @@ def run_evaluate(
         copy_file(html_path, Path(report_path))
     if card_path is not None:
         copy_file(md_path, Path(card_path))
-    _write_json(out_dir / "stages.json", stages)
-    _write_json(out_dir / "gate.json", verdict.as_dict())
+    write_json(out_dir / "stages.json", stages, **JSON_OPTIONS)
+    write_json(out_dir / "gate.json", verdict.as_dict(), **JSON_OPTIONS)
     telemetry.duration(stages["evaluate"])
     return {**metrics, "gate": verdict.as_dict()}
 

@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cloudml.config import Config, TrainConfig, add_config_args, config_from_args
 from cloudml.errors import ConfigError, DataError
 from cloudml.evaluate import regression_metrics
-from cloudml.fileio import atomic_path
+from cloudml.fileio import write_json
 from cloudml.model import CBHNet, configure_checkpointing, encode_scalars, maybe_compile
 from cloudml.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cloudml.training.data import (
@@ -333,7 +333,7 @@ def fit(
             "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
             "state": st, "rng": _rng_state(), **({} if ema is None else {"ema": ema.state_dict()}),
         })  # fmt: skip
-        _write_json(out_dir / "history.json", st["history"])
+        write_json(out_dir / "history.json", st["history"], indent=2)
         log.info(
             "%s epoch %d/%d train %.4f val %.4f R2 %.3f lr %.2e %.1fs (%.0f samples/s)%s",
             stage, epoch, tc.epochs, row["train_loss"], val_loss, val_r2, lr_used, seconds,
@@ -366,11 +366,6 @@ def _check_resumable(ck: dict[str, Any], base: dict[str, Any], path: Path) -> No
         raise ConfigError(
             f"{path}: was written with different settings for {diff}; use another --out"
         )
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 # --- stages ---------------------------------------------------------------------------------
@@ -414,7 +409,7 @@ def _run_stage(
         "samples_per_s": round(st["train_samples"] / max(st["train_s"], 1e-9), 2),
         "global_steps": st["global_step"], "flights": pool.flights,
     }  # fmt: skip
-    _write_json(out_dir / "summary.json", summary)
+    write_json(out_dir / "summary.json", summary, indent=2)
     return summary
 
 
