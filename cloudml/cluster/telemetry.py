@@ -78,7 +78,7 @@ STAGE_METRICS: dict[str, frozenset[str]] = {
 }
 STAGES = tuple(STAGE_METRICS)
 
-# evaluate's metrics dict (cloudml.evaluate.regression_metrics + loss) -> metric name
+# evaluate's metrics dict (cloudml.metrics.regression_metrics + loss) -> metric name
 EVAL_KEYS: dict[str, str] = {
     "r2": "cloudml_val_r2",
     "mae_km": "cloudml_val_mae_km",

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from cloudml.config import Config, TrainConfig, add_config_args, config_from_args
 from cloudml.errors import ConfigError, DataError
-from cloudml.evaluate import regression_metrics
 from cloudml.fileio import write_json
+from cloudml.metrics import regression_metrics
 from cloudml.model import CBHNet, configure_checkpointing, encode_scalars, maybe_compile
 from cloudml.training.checkpoint import load_checkpoint, load_weights, save_checkpoint
 from cloudml.training.data import (
