@@ -79,7 +79,7 @@ images: ## build and push the CPU and GPU images with docker buildx (REGISTRY, T
 	bash images/build.sh $(REGISTRY) $(TAG)
 
 manifests-check: $(STAMP) $(SYSTAMP) ## render overlays, validate schemas, PSS, promtool, dashboard
-	$(PY) -m cloudml.cluster.manifests_check manifests
+	$(PY) -m cloudml.cluster.manifests manifests
 
 bench: $(STAMP) $(SYSTAMP) ## benchmarks -> build/bench/results.json and docs/benchmarks.md
 	$(PY) bench/run.py

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudml.cluster import manifests_check as mc
 from cloudml.cluster import settings as platform
+from cloudml.cluster.manifests import tools
 from tests.support.skips import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,11 +29,11 @@ def compiled(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    if mc._tool("kubectl") is None:
+    if tools.find_tool("kubectl") is None:
         skip_or_fail("kubectl not found (needed to render the overlays)")
     tree = tmp_path_factory.mktemp("tree") / "manifests"
-    mc.stage_tree(ROOT / "manifests", tree)
-    return mc.render_overlay(tree / "overlays" / "gpu-cluster")
+    tools.stage_tree(ROOT / "manifests", tree)
+    return tools.render_overlay(tree / "overlays" / "gpu-cluster")
 
 
 def _settings(docs: list[dict]) -> dict[str, str]:

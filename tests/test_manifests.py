@@ -1,4 +1,4 @@
-"""manifests/ and `cloudml.cluster.manifests_check`: the real tree passes; broken copies fail."""
+"""manifests/ and `cloudml.cluster.manifests`: the real tree passes; broken copies fail."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cloudml.cluster import manifests_check as mc
 from cloudml.cluster import settings as platform
+from cloudml.cluster.manifests import metric_names, platform_names, pod_security, runner, tools
 from tests.support.skips import skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1] / "manifests"
@@ -25,7 +25,7 @@ CONTRACT = frozenset({
 
 
 def _need(tool: str) -> None:
-    if mc._tool(tool) is None:
+    if tools.find_tool(tool) is None:
         skip_or_fail(f"{tool} not installed")
 
 
@@ -34,8 +34,8 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict]]:
     """Every overlay rendered once (kubectl kustomize) for the pure checks below."""
     _need("kubectl")
     tree = tmp_path_factory.mktemp("tree") / "manifests"
-    mc.stage_tree(ROOT, tree)
-    return {p.name: mc.render_overlay(p) for p in sorted((tree / "overlays").iterdir())}
+    tools.stage_tree(ROOT, tree)
+    return {p.name: tools.render_overlay(p) for p in sorted((tree / "overlays").iterdir())}
 
 
 @pytest.fixture
@@ -46,14 +46,14 @@ def tree(tmp_path: Path) -> Path:
     return dest
 
 
-def _failed(results: list[mc.CheckResult]) -> dict[str, tuple[str, ...]]:
+def _failed(results: list[runner.CheckResult]) -> dict[str, tuple[str, ...]]:
     return {r.name: r.problems for r in results if not r.ok}
 
 
 def test_real_tree_passes_every_check_but_metrics() -> None:
     for tool in ("kubectl", "kubernetes-validate", "promtool"):
         _need(tool)
-    results = mc.run_checks(ROOT, [c for c in mc.CHECKS if c != "metrics"])
+    results = runner.run_checks(ROOT, [c for c in runner.CHECKS if c != "metrics"])
     assert _failed(results) == {}
     names = " ".join(r.name for r in results)
     for overlay in ("dev", "gpu-cluster"):
@@ -65,26 +65,30 @@ def test_real_tree_passes_every_check_but_metrics() -> None:
 def test_dashboard_and_alerts_use_only_contract_metrics(rendered: dict[str, list[dict]]) -> None:
     docs = rendered["dev"]
     try:
-        names = mc.contract_metric_names()
+        names = metric_names.contract_metric_names()
     except ImportError:
         skip_or_fail("cloudml.cluster.telemetry (METRIC_NAMES) not importable yet")
     assert names == CONTRACT, "telemetry.METRIC_NAMES drifted from the agreed contract"
-    result = mc.metrics_result(mc.rule_groups(docs), mc.dashboards(docs))
+    result = runner.metrics_result(metric_names.rule_groups(docs), metric_names.dashboards(docs))
     assert result.ok, result.problems
 
 
 def test_metric_check_catches_unknown_name(rendered: dict[str, list[dict]]) -> None:
     docs = copy.deepcopy(rendered["dev"])
-    groups = mc.rule_groups(docs)
+    groups = metric_names.rule_groups(docs)
     exprs = [(r["alert"], r["expr"]) for g in groups for r in g["rules"]]
-    assert mc.metric_problems(exprs, CONTRACT) == []
+    assert metric_names.metric_problems(exprs, CONTRACT) == []
     exprs.append(("typo", 'cloudml_val_r2_score{stage="evaluate"} < 0.3'))
-    assert mc.metric_problems(exprs, CONTRACT) == [
+    assert metric_names.metric_problems(exprs, CONTRACT) == [
         "typo: metric cloudml_val_r2_score is not in cloudml.cluster.telemetry.METRIC_NAMES"
     ]
     # every contract name the dashboard shows is one the contract has, and it shows them all
-    board = [e for _, text in mc.dashboards(docs) for e in mc.dashboard_exprs(yaml.safe_load(text))]
-    shown = set().union(*(mc.promql_metric_names(e) for e in board))
+    board = [
+        e
+        for _, text in metric_names.dashboards(docs)
+        for e in metric_names.dashboard_exprs(yaml.safe_load(text))
+    ]
+    shown = set().union(*(metric_names.promql_metric_names(e) for e in board))
     assert shown == CONTRACT
 
 
@@ -93,7 +97,7 @@ def test_promql_metric_names_skips_functions_labels_and_keywords() -> None:
         "sum by (pipeline) (rate(cloudml_a[5m] offset 1h)) > on(job) group_left(stage) "
         'max_over_time(foo:bar{stage="x y"}[1d:5m]) or absent(up{job="pushgateway"}) > 8 * 86400'
     )
-    assert mc.promql_metric_names(expr) == {"cloudml_a", "foo:bar", "up"}
+    assert metric_names.promql_metric_names(expr) == {"cloudml_a", "foo:bar", "up"}
 
 
 def test_overlays_agree_with_platform_names(rendered: dict[str, list[dict]]) -> None:
@@ -106,7 +110,7 @@ def test_overlays_agree_with_platform_names(rendered: dict[str, list[dict]]) -> 
         assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
             platform.NAMESPACE
         }
-        assert mc.platform_problems(docs) == []
+        assert platform_names.platform_problems(docs) == []
     pool = platform.GpuPool()
     gpu = next(
         d for d in rendered["gpu-cluster"] if d["metadata"]["name"] == platform.SETTINGS_CONFIGMAP
@@ -126,7 +130,7 @@ def test_platform_check_catches_wrong_launcher_secret(rendered: dict[str, list[d
     cm["data"]["providers"] = cm["data"]["providers"].replace(
         platform.MINIO_SECRET_NAME, "minio-creds"
     )
-    problems = mc.platform_problems(docs)
+    problems = platform_names.platform_problems(docs)
     assert len(problems) == 1 and "secretName='minio-creds'" in problems[0]
 
 
@@ -147,12 +151,12 @@ def test_pss_problems_on_a_minimal_pod() -> None:
             "containers": [good_container],
         },
     }
-    assert mc.pss_problems(pod) == []
+    assert pod_security.pss_problems(pod) == []
     bad = copy.deepcopy(pod)
     bad["spec"]["volumes"] = [{"name": "h", "hostPath": {"path": "/"}}]
     bad["spec"]["containers"][0]["securityContext"]["capabilities"] = {"drop": ["NET_RAW"]}
     del bad["spec"]["containers"][0]["resources"]["limits"]
-    assert mc.pss_problems(bad) == [
+    assert pod_security.pss_problems(bad) == [
         "Pod/p: volume h uses ['hostPath']",
         "Pod/p container c: securityContext.capabilities.drop must include ALL",
         "Pod/p container c: resources.limits missing ['cpu', 'memory']",
@@ -165,7 +169,7 @@ def test_removed_security_context_fails_pss(tree: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     del doc["spec"]["template"]["spec"]["containers"][0]["securityContext"]
     path.write_text(yaml.safe_dump(doc))
-    failed = _failed(mc.run_checks(tree, ["pss"]))
+    failed = _failed(runner.run_checks(tree, ["pss"]))
     assert set(failed) == {"pss overlays/dev", "pss overlays/gpu-cluster"}
     assert failed["pss overlays/dev"] == (
         "Deployment/pushgateway container pushgateway: securityContext.allowPrivilegeEscalation must be false",
@@ -180,7 +184,7 @@ def test_unknown_field_fails_schema(tree: Path) -> None:
     path.write_text(
         path.read_text().replace("  selector:\n", "  selectr:\n    x: y\n  selector:\n")
     )
-    failed = _failed(mc.run_checks(tree, ["schema"]))
+    failed = _failed(runner.run_checks(tree, ["schema"]))
     assert set(failed) == {
         f"schema overlays/{o} (kubernetes-validate --strict -k 1.30.0)"
         for o in ("dev", "gpu-cluster")
@@ -210,7 +214,7 @@ def test_broken_alert_rule_fails_promtool(tree: Path, old: str, new: str, messag
     text = path.read_text()
     assert old in text
     path.write_text(text.replace(old, new))
-    failed = _failed(mc.run_checks(tree, ["promtool"]))
+    failed = _failed(runner.run_checks(tree, ["promtool"]))
     assert list(failed) == ["promtool check + test rules"]
     (problem,) = failed["promtool check + test rules"]
     assert problem.startswith(message)
@@ -219,7 +223,7 @@ def test_broken_alert_rule_fails_promtool(tree: Path, old: str, new: str, messag
 
 
 def test_main_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert mc.main([str(tmp_path)]) == 2
+    assert runner.main([str(tmp_path)]) == 2
     assert "overlays not found" in capsys.readouterr().err
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cloudml.cluster import settings as platform
-from cloudml.cluster.manifests_check import launcher_problems
+from cloudml.cluster.manifests.platform_names import launcher_problems
 from cloudml.errors import CloudMLError
 
 log = logging.getLogger(__name__)
