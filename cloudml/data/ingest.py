@@ -14,13 +14,15 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cloudml import __version__
-from cloudml.config import Config, add_config_args, config_from_args, replace
+from cloudml.config import Config, replace
+from cloudml.config_cli import add_config_args, config_from_args
 from cloudml.data import layout, preprocess, raw, timesync
 from cloudml.data.shard import Shard, write_shard
 from cloudml.errors import DataError
@@ -74,42 +76,85 @@ def preprocessing_settings(cfg: Config, factor: int, rows: tuple[int, int]) -> d
     }
 
 
-def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> dict:
-    """Write the processed shard of `flight` to `out_path` atomically; return its summary."""
-    t_start = time.perf_counter()
-    timings: dict[str, float] = {}
-    clock = [time.perf_counter()]
+class _Stopwatch:
+    """Seconds spent per named step since the last lap; a step named twice accumulates."""
 
-    def lap(name: str) -> None:
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self._last = time.perf_counter()
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = timings.get(name, 0.0) + now - clock[0]
-        clock[0] = now
+        self.timings[name] = self.timings.get(name, 0.0) + now - self._last
+        self._last = now
 
-    d = cfg.data
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+@dataclass
+class _RawFlight:
+    """A flight's three raw files, checked against the layout (IRAI pixels not read yet)."""
+
+    irai_path: Path
+    cpl_path: Path
+    nav_path: Path
+    info: raw.IraiInfo
+    cpl: raw.CplData
+    nav: raw.NavData
+
+
+@dataclass
+class _ImageScan:
+    """What the pass over the IRAI images learns besides the candidate frames."""
+
+    bad: np.ndarray  # (N,) bool, a bad (fill/saturated) raw frame
+    ref_sum: np.ndarray  # (H, W) float64 sum of the flat-field reference frames
+    ref_n: int  # how many frames ref_sum holds
+
+
+def read_raw_flight(raw_dir: Path, flight: str) -> _RawFlight:
+    """Resolve and check all three raw files of `flight`, before any pixel is read."""
     irai_p, cpl_p, nav_p = resolve_files(Path(raw_dir), flight)
-    # layout of all three files first, before any pixel is read
     info = raw.check_irai(irai_p)
     cpl = raw.read_cpl(cpl_p)
     nav = raw.read_nav(nav_p, info.n_frames)
-    lap("check")
+    return _RawFlight(irai_p, cpl_p, nav_p, info, cpl, nav)
 
-    factor = preprocess.bin_factor(info.cols, d.scale)
+
+def frame_geometry(rf: _RawFlight, cfg: Config) -> tuple[int, tuple[int, int]]:
+    """(bin factor, swath rows of the binned frame); a DataError names the IRAI file."""
+    d = cfg.data
+    factor = preprocess.bin_factor(rf.info.cols, d.scale)
     try:
-        rows = preprocess.swath_rows(info.rows // factor, d.swath_slice)
+        rows = preprocess.swath_rows(rf.info.rows // factor, d.swath_slice)
     except DataError as e:
-        raise DataError(f"{irai_p}: {layout.IRAI_SIGNAL}: {e}") from None
+        raise DataError(f"{rf.irai_path}: {layout.IRAI_SIGNAL}: {e}") from None
+    return factor, rows
 
-    def match(bad: np.ndarray | None) -> timesync.MatchResult:
-        return timesync.match_profiles(
-            cpl.time_utc, cpl.base_km, cpl.lidar_surface_km, cpl.dem_surface_m,
-            info.time_utc, d.cbh_range_km, d.temporal_frames, bad_frame=bad,
-        )  # fmt: skip
 
-    # candidate frames: every window that survives all rules but bad_frame (unknown yet)
-    candidates = np.unique(match(None).window)  # (K,) sorted frame indices
-    lap("match")
+def match_samples(rf: _RawFlight, cfg: Config, bad: np.ndarray | None) -> timesync.MatchResult:
+    """Filter and match the CPL profiles to the frames (bad=None: bad frames not known yet)."""
+    d, cpl = cfg.data, rf.cpl
+    return timesync.match_profiles(
+        cpl.time_utc, cpl.base_km, cpl.lidar_surface_km, cpl.dem_surface_m,
+        rf.info.time_utc, d.cbh_range_km, d.temporal_frames, bad_frame=bad,
+    )  # fmt: skip
 
-    # one pass over the images: bad flags, flat-field reference, candidate frames kept
+
+def read_frames(
+    info: raw.IraiInfo,
+    candidates: np.ndarray,
+    factor: int,
+    rows: tuple[int, int],
+    flat_field: bool,
+) -> tuple[np.ndarray, _ImageScan]:
+    """One pass over the images: bad flags, flat-field reference, candidate frames kept.
+
+    Returns the (K, H, W) float32 store of the candidate frames (binned, swath-sliced, in
+    `candidates` order) and the scan (bad flags, flat-field reference sum).
+    """
     h, w = rows[1] - rows[0], info.cols // factor
     store = np.empty((len(candidates), h, w), np.float32)  # (K, H, W) binned + sliced
     bad = np.zeros(info.n_frames, bool)
@@ -120,7 +165,7 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
         sel = np.arange(start, stop)
         need = np.isin(sel, candidates)
         take_ref = np.zeros(len(blk), bool)
-        if d.flat_field_correction and ref_n < preprocess.FLAT_FIELD_FRAMES:
+        if flat_field and ref_n < preprocess.FLAT_FIELD_FRAMES:
             good_idx = np.flatnonzero(~b)[: preprocess.FLAT_FIELD_FRAMES - ref_n]
             take_ref[good_idx] = True
         want = need | take_ref
@@ -132,34 +177,47 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
             ref_n += int(take_ref.sum())
         if need.any():
             store[np.searchsorted(candidates, sel[need])] = frames[need[want]]
-    lap("read")
+    return store, _ImageScan(bad, ref_sum, ref_n)
 
-    m = match(bad)
-    n_bad = int(bad.sum())
+
+def select_used_frames(
+    rf: _RawFlight, flight: str, m: timesync.MatchResult, store: np.ndarray, candidates: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(used (F,), frame table (F, H, W), frame_index (n, T)) of the final match.
+
+    Raises a DataError naming the CPL and IRAI files when no sample is left. The candidate
+    store is handed over (not copied) when every candidate is used, the usual case.
+    """
     if m.n_samples == 0:
         counts = ", ".join(f"{k}={v}" for k, v in m.dropped.items() if v)
         raise DataError(
-            f"flight {flight}: no matched samples from {len(cpl.time_utc)} CPL profiles in "
-            f"{cpl_p} against {info.n_frames} frames of {irai_p} (dropped: {counts or 'none'})"
+            f"flight {flight}: no matched samples from {len(rf.cpl.time_utc)} CPL profiles in "
+            f"{rf.cpl_path} against {rf.info.n_frames} frames of {rf.irai_path} "
+            f"(dropped: {counts or 'none'})"
         )
     used = np.unique(m.window)  # (F,) frames some window needs, each processed once
     if len(used) == len(candidates):  # the usual case: no copy of a ~1 GB array
         table = store
     else:
         table = store[np.searchsorted(candidates, used)]  # (F, H, W)
-    del store
     frame_index = np.searchsorted(used, m.window)  # (n, T) rows of table
-    lap("match")
+    return used, table, frame_index
 
-    if d.flat_field_correction:
-        if ref_n == 0:
-            raise DataError(f"{irai_p}: {layout.IRAI_SIGNAL}: no good frame for the flat field")
-        try:
-            flat = preprocess.fit_flat(ref_sum / ref_n)
-        except DataError as e:
-            raise DataError(f"{irai_p}: {layout.IRAI_SIGNAL}: {e}") from None
-        preprocess.apply_flat(table, flat)
-    lap("flat_field")
+
+def apply_flat_field(table: np.ndarray, scan: _ImageScan, irai_path: Path) -> None:
+    """Fit the flat field to the reference frames and divide it out of `table` in place."""
+    if scan.ref_n == 0:
+        raise DataError(f"{irai_path}: {layout.IRAI_SIGNAL}: no good frame for the flat field")
+    try:
+        flat = preprocess.fit_flat(scan.ref_sum / scan.ref_n)
+    except DataError as e:
+        raise DataError(f"{irai_path}: {layout.IRAI_SIGNAL}: {e}") from None
+    preprocess.apply_flat(table, flat)
+
+
+def normalize_table(table: np.ndarray, cfg: Config) -> None:
+    """CLAHE and z-score every frame of `table` in place (a progress bar from 200 frames)."""
+    d = cfg.data
     preprocess.normalize_frames(
         table,
         d.clahe_clip_limit,
@@ -167,46 +225,85 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
         progress=len(table) >= 200,
         workers=preprocess.default_workers(),
     )
-    lap("clahe")
 
-    sha = {p.name: sha256_file(p) for p in (irai_p, cpl_p, nav_p)}
-    lap("hash")
-    pi, fi = m.profile_idx, m.frame_idx
-    summary: dict[str, Any] = {
+
+def shard_summary(
+    flight: str,
+    rf: _RawFlight,
+    m: timesync.MatchResult,
+    n_used: int,
+    n_bad: int,
+    cfg: Config,
+    factor: int,
+    frame_shape: tuple[int, int],
+) -> dict[str, Any]:
+    """The summary's counts and shapes (seconds, timings and paths are added by the caller)."""
+    return {
         "flight": flight,
         "n_samples": m.n_samples,
-        "n_frames": int(len(used)),
-        "n_raw_frames": info.n_frames,
-        "n_profiles": int(len(cpl.time_utc)),
+        "n_frames": n_used,
+        "n_raw_frames": rf.info.n_frames,
+        "n_profiles": int(len(rf.cpl.time_utc)),
         "n_bad_frames": n_bad,
         "dropped": m.dropped,
         "dt_abs_s": m.dt_abs_s,
-        "nav_filled": {"sza": nav.n_sza_filled, "saa": nav.n_saa_filled},
-        "scale": d.scale,
+        "nav_filled": {"sza": rf.nav.n_sza_filled, "saa": rf.nav.n_saa_filled},
+        "scale": cfg.data.scale,
         "bin_factor": factor,
-        "frame_shape": [h, w],
-        "raw_frame_shape": [info.rows, info.cols],
+        "frame_shape": list(frame_shape),
+        "raw_frame_shape": [rf.info.rows, rf.info.cols],
         "cloudml_version": __version__,
     }
+
+
+def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> dict:
+    """Write the processed shard of `flight` to `out_path` atomically; return its summary."""
+    sw = _Stopwatch()
+    rf = read_raw_flight(raw_dir, flight)  # layout of all three files first
+    sw.lap("check")
+
+    factor, rows = frame_geometry(rf, cfg)
+    # candidate frames: every window that survives all rules but bad_frame (unknown yet)
+    candidates = np.unique(match_samples(rf, cfg, None).window)  # (K,) sorted frame indices
+    sw.lap("match")
+    store, scan = read_frames(rf.info, candidates, factor, rows, cfg.data.flat_field_correction)
+    sw.lap("read")
+    m = match_samples(rf, cfg, scan.bad)
+    used, table, frame_index = select_used_frames(rf, flight, m, store, candidates)
+    del store
+    sw.lap("match")
+
+    if cfg.data.flat_field_correction:
+        apply_flat_field(table, scan, rf.irai_path)
+    sw.lap("flat_field")
+    normalize_table(table, cfg)
+    sw.lap("clahe")
+
+    sha = {p.name: sha256_file(p) for p in (rf.irai_path, rf.cpl_path, rf.nav_path)}
+    sw.lap("hash")
+    frame_shape = (rows[1] - rows[0], rf.info.cols // factor)
+    n_bad = int(scan.bad.sum())
+    summary = shard_summary(flight, rf, m, int(len(used)), n_bad, cfg, factor, frame_shape)
+    pi, fi = m.profile_idx, m.frame_idx
     shard = Shard(
         flight=flight,
         frame_table=table,
         frame_index=frame_index,
-        cbh_km=cpl.base_km[pi],
-        sza_deg=nav.sza_deg[fi],
-        saa_deg=nav.saa_deg[fi],
-        time_utc=cpl.time_utc[pi],
+        cbh_km=rf.cpl.base_km[pi],
+        sza_deg=rf.nav.sza_deg[fi],
+        saa_deg=rf.nav.saa_deg[fi],
+        time_utc=rf.cpl.time_utc[pi],
         dt_match_s=m.dt_s,
         config=preprocessing_settings(cfg, factor, rows),
         # stored before the write, so its timings stop at "hash"
-        summary={**summary, "seconds": time.perf_counter() - t_start, "timings_s": dict(timings)},
+        summary={**summary, "seconds": sw.elapsed(), "timings_s": dict(sw.timings)},
         raw_sha256=sha,
     )
     write_shard(out_path, shard)
-    lap("write")
+    sw.lap("write")
     summary.update(
-        seconds=time.perf_counter() - t_start,
-        timings_s={k: round(v, 4) for k, v in timings.items()},
+        seconds=sw.elapsed(),
+        timings_s={k: round(v, 4) for k, v in sw.timings.items()},
         out_path=str(out_path),
         raw_sha256=sha,
     )
