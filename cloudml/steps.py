@@ -29,7 +29,6 @@ from cloudml.config import Config, build_config, config_from_dict
 from cloudml.errors import DataError, GateFailed, StorageError
 from cloudml.fileio import atomic_path, write_json
 from cloudml.gate import gate_verdict
-from cloudml.store.resume import checkpoint_sha256, verify_stage_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -215,6 +214,7 @@ def run_finetune(
     shard_dirs: list[str], config_json: str, pretrained_dir: Path, out_dir: Path, run_id: str = ""
 ) -> dict[str, Any]:
     """Fine-tune from pretrained_dir/model.pt on every flight but the validation flight."""
+    from cloudml.training.checkpoint import verify_stage_checkpoint
     from cloudml.training.stages import finetune
 
     cfg = config_from_json(config_json)
@@ -227,6 +227,8 @@ def run_finetune(
 
 def _seal(out_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     """Record model.pt's sha256 in summary.json; the next stage checks it before loading."""
+    from cloudml.training.checkpoint import checkpoint_sha256
+
     summary = {**summary, "model_sha256": checkpoint_sha256(out_dir)}
     write_json(out_dir / "summary.json", summary, **JSON_OPTIONS)
     return summary
@@ -280,6 +282,7 @@ def run_evaluate(
     """
     from cloudml.evaluate import evaluate
     from cloudml.report import load_plots, write_report
+    from cloudml.training.checkpoint import verify_stage_checkpoint
 
     t0 = time.perf_counter()
     cfg = config_from_json(config_json)

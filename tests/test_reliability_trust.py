@@ -19,14 +19,13 @@ from cloudml.errors import DataError, StorageError
 from cloudml.model import CBHNet
 from cloudml.steps import run_ingest
 from cloudml.store.backends import S3Store, download_dir, open_store, upload_dir
-from cloudml.store.resume import (
+from cloudml.store.resume import restore_stage_state, save_stage_state, state_prefix
+from cloudml.training.checkpoint import (
     checkpoint_sha256,
-    restore_stage_state,
-    save_stage_state,
-    state_prefix,
+    load_checkpoint,
+    save_checkpoint,
     verify_stage_checkpoint,
 )
-from cloudml.training.checkpoint import load_checkpoint, save_checkpoint
 from tests.support.rawfiles import flight_arrays, write_flight
 from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.train_fixtures import FAST, write_shards

@@ -3,10 +3,15 @@ config, stage, step and scalers, so a checkpoint alone rebuilds its network.
 
 Only tensors, dicts, lists, numbers and strings are stored, and every load uses
 torch.load(weights_only=True): a checkpoint cannot execute code.
+
+A checkpoint handed from one stage to the next is checked against the sha256 its stage
+recorded in summary.json (`checkpoint_sha256`, `verify_stage_checkpoint`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +20,10 @@ from torch import nn
 
 from cloudml.config import ModelConfig
 from cloudml.errors import ConfigError, DataError
-from cloudml.fileio import atomic_path
+from cloudml.fileio import atomic_path, sha256_file
 from cloudml.model import CBHNet
+
+log = logging.getLogger(__name__)
 
 
 def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
@@ -68,3 +75,38 @@ def model_from_checkpoint(ck: dict[str, Any], where: str | Path) -> CBHNet:
     net = CBHNet(mcfg, int(ck["temporal_frames"]))
     load_weights(net, ck["model"], where)
     return net.eval()
+
+
+# --- checkpoints between stages ----------------------------------------------------------------
+def checkpoint_sha256(stage_dir: str | Path, name: str = "model.pt") -> str:
+    """sha256 of a stage's checkpoint, for its summary.json (`model_sha256`)."""
+    return sha256_file(Path(stage_dir) / name)
+
+
+def verify_stage_checkpoint(stage_dir: str | Path, name: str = "model.pt") -> Path:
+    """The stage's checkpoint path, after checking it against summary.json's `model_sha256`.
+
+    A checkpoint handed from one stage to the next (local artifact dirs carry no manifest)
+    is refused when it changed after its stage finished. Summaries written before the hash
+    existed are accepted with a warning.
+    """
+    stage_dir = Path(stage_dir)
+    ckpt, summary_path = stage_dir / name, stage_dir / "summary.json"
+    if not ckpt.is_file():
+        raise DataError(f"{ckpt}: checkpoint missing (expected the stage's {name})")
+    want = None
+    if summary_path.is_file():
+        try:
+            want = json.loads(summary_path.read_text()).get("model_sha256")
+        except ValueError as e:
+            raise DataError(f"{summary_path}: not valid JSON ({e})") from None
+    if want is None:
+        log.warning("%s: no model_sha256 in %s; checkpoint not verified", ckpt, summary_path)
+        return ckpt
+    got = sha256_file(ckpt)
+    if got != want:
+        raise DataError(
+            f"{ckpt}: sha256 {got} does not match model_sha256 {want} in {summary_path}; "
+            "refusing a checkpoint changed after its stage finished"
+        )
+    return ckpt
