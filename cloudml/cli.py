@@ -15,7 +15,7 @@ from cloudml import __version__
 from cloudml.errors import CloudMLError
 
 COMMAND_MODULES = [
-    "cloudml.config",
+    "cloudml.config_cli",
     "cloudml.cluster.submit",
     "cloudml.gate",
     "cloudml.cluster.local_run",

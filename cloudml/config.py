@@ -10,9 +10,7 @@ Unknown keys and invalid values are rejected once, with every problem listed.
 
 from __future__ import annotations
 
-import argparse
 import json
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -118,9 +116,10 @@ class Config:
         return json.dumps({"preset": self.preset, **self.flat()}, indent=2)
 
 
-_SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+# section name -> its dataclass, in Config's field order; every key belongs to one section
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
 KEY_SECTION: dict[str, str] = {
-    f.name: section for section, cls in _SECTIONS.items() for f in fields(cls)
+    f.name: section for section, cls in SECTIONS.items() for f in fields(cls)
 }
 
 
@@ -203,8 +202,6 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if len(value) != len(args):
             raise ValueError(f"{key}: expected {len(args)} values, got {list(value)!r}")
         return tuple(_coerce(key, v, a) for v, a in zip(value, args, strict=True))
-    if isinstance(typ, types.UnionType):
-        raise TypeError(f"unsupported config type for {key}: {typ}")
     raise TypeError(f"unsupported config type for {key}: {typ}")
 
 
@@ -223,7 +220,9 @@ def validate(cfg: Config) -> list[str]:
     if d.validation_flight == d.pretrain_flight:
         p.append("validation_flight must differ from pretrain_flight (it is held out of training)")
     if d.validation_flight == d.overweight_flight:
-        p.append("validation_flight must differ from overweight_flight (it is held out of training)")
+        p.append(
+            "validation_flight must differ from overweight_flight (it is held out of training)"
+        )
     if d.temporal_frames < 1:
         p.append(f"temporal_frames: must be >= 1, got {d.temporal_frames}")
     a, b = d.swath_slice
@@ -241,13 +240,18 @@ def validate(cfg: Config) -> list[str]:
         width = 128 if m.memory_optimized else 256
         p.append(f"attention_heads: must divide the feature width {width}, got {m.attention_heads}")
     if m.torch_compile_mode not in COMPILE_MODES:
-        p.append(f"torch_compile_mode: must be one of {list(COMPILE_MODES)}, got {m.torch_compile_mode!r}")
+        p.append(
+            f"torch_compile_mode: must be one of {list(COMPILE_MODES)}, got {m.torch_compile_mode!r}"
+        )
     if not t.learning_rate > 0:
         p.append(f"learning_rate: must be > 0, got {t.learning_rate}")
-    for key in ("warmup_steps", "plateau_patience"):
-        if getattr(t, key) < 0:
-            p.append(f"{key}: must be >= 0, got {getattr(t, key)}")
-    for key in ("weight_decay", "early_stopping_min_delta", "grad_clip"):
+    for key in (
+        "warmup_steps",
+        "plateau_patience",
+        "weight_decay",
+        "early_stopping_min_delta",
+        "grad_clip",
+    ):
         if getattr(t, key) < 0:
             p.append(f"{key}: must be >= 0, got {getattr(t, key)}")
     if t.epochs < 1:
@@ -280,13 +284,13 @@ def validate(cfg: Config) -> list[str]:
 def build_config(values: dict[str, Any], preset: str = "custom") -> Config:
     """A validated Config from a flat mapping; every unknown key and bad value is reported."""
     problems: list[str] = []
-    per_section: dict[str, dict[str, Any]] = {s: {} for s in _SECTIONS}
+    per_section: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
     for key, value in values.items():
         section = KEY_SECTION.get(key)
         if section is None:
             problems.append(f"unknown key {key!r}")
             continue
-        hints = typing.get_type_hints(_SECTIONS[section])
+        hints = typing.get_type_hints(SECTIONS[section])
         try:
             per_section[section][key] = _coerce(key, value, hints[key])
         except ValueError as e:
@@ -308,7 +312,9 @@ def _listing(preset: str, problems: list[str]) -> str:
     return "\n  - ".join([head, *problems])
 
 
-def load_config(preset: str = "tuned", overrides: list[str] | dict[str, Any] | None = None) -> Config:
+def load_config(
+    preset: str = "tuned", overrides: list[str] | dict[str, Any] | None = None
+) -> Config:
     """Preset (name or YAML path) plus overrides -> validated Config."""
     values = read_preset(preset)
     extra = overrides if isinstance(overrides, dict) else parse_overrides(overrides)
@@ -331,33 +337,8 @@ def replace(cfg: Config, **changes: Any) -> Config:
     return build_config(values, preset=cfg.preset)
 
 
-# --- CLI -----------------------------------------------------------------------------------
-def add_config_args(parser: argparse.ArgumentParser, default_preset: str = "tuned") -> None:
-    """--preset / --set, shared by every command that takes a config."""
-    parser.add_argument(
-        "--preset", default=default_preset, help=f"preset name or YAML path (default {default_preset})"
-    )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config key (repeatable), e.g. --set learning_rate=3e-4",
-    )
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    return load_config(args.preset, args.overrides)
-
-
-def add_command(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("config", help="print the resolved configuration as JSON")
-    add_config_args(p)
-    p.set_defaults(func=lambda args: print(config_from_args(args).to_json()))
-
-
 __all__ = [
+    "SECTIONS",
     "Config",
     "DataConfig",
     "ModelConfig",

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from cloudml.config import Config, add_config_args, config_from_args
+from cloudml.config import Config
+from cloudml.config_cli import add_config_args, config_from_args
 from cloudml.errors import ConfigError, DataError
 from cloudml.fileio import atomic_path, write_json
 from cloudml.metrics import regression_metrics

@@ -28,7 +28,7 @@ if __package__ in (None, ""):  # `python pipelines/training.py`: import from the
 from kfp import dsl, kubernetes  # noqa: E402
 
 from cloudml.cluster import settings as platform  # noqa: E402
-from cloudml.config import _SECTIONS, load_config  # noqa: E402
+from cloudml.config import SECTIONS, load_config  # noqa: E402
 from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD  # noqa: E402
 from components.config import resolve_config  # noqa: E402
 from components.evaluate import evaluate  # noqa: E402
@@ -71,7 +71,7 @@ def pipeline_parameters(preset: str) -> dict[str, tuple[type, Any]]:
     """{name: (type, default)} of every pipeline parameter, defaults from the preset."""
     flat = load_config(preset).flat()
     params: dict[str, tuple[type, Any]] = {}
-    for cls in _SECTIONS.values():
+    for cls in SECTIONS.values():
         for key, typ in typing.get_type_hints(cls).items():
             params[key] = (_param_type(typ), flat[key])
     params.update(EXTRA_PARAMS)

@@ -27,7 +27,8 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from cloudml.config import Config, TrainConfig, add_config_args, config_from_args
+from cloudml.config import Config, TrainConfig
+from cloudml.config_cli import add_config_args, config_from_args
 from cloudml.errors import ConfigError, DataError
 from cloudml.fileio import write_json
 from cloudml.metrics import regression_metrics
