@@ -244,7 +244,7 @@ def pushgateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer
 def prometheus(
     tmp_path_factory: pytest.TempPathFactory, pushgateway: HttpServer
 ) -> Iterator[HttpServer]:
-    """Prometheus scraping the Pushgateway every 1 s with honor_labels (DESIGN §9)."""
+    """Prometheus scraping the Pushgateway every 1 s with honor_labels (docs/storage-and-metrics.md, section 6)."""
     binary = find_binary("prometheus")
     if binary is None:
         skip_or_fail("prometheus not found (apt-get install prometheus)")
