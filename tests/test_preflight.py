@@ -40,7 +40,7 @@ def _lines(out: str) -> dict[str, str]:
 
 
 def test_registered_in_cli() -> None:
-    assert "cloudml.cluster.preflight" in cli.COMMAND_MODULES
+    assert cli.COMMANDS["preflight"].module == "cloudml.cluster.preflight"
 
 
 def test_healthy_cluster_passes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
