@@ -1,8 +1,10 @@
 """The quality gate: a run passes only if R² on the validation flight beats a threshold.
 
-`gate_verdict` is pure (numbers in, verdict out) so the report, the local runner and the KFP
-gate task all reach the same decision; `enforce_gate` raises GateFailed, which makes the gate
-task exit non-zero and the run show as failed in the Kubeflow UI and in Prometheus.
+`gate_verdict` is the one rule: pure (numbers in, verdict out), so the report, the local
+runner, `cloudml gate` and the KFP gate task all reach the same decision.
+`GateVerdict.enforce()` is the one way to act on it: it raises GateFailed for a failed
+verdict, which makes the gate task exit non-zero and the run show as failed in the Kubeflow
+UI and in Prometheus (`enforce_gate` = gate_verdict(...).enforce()).
 
 Two checks (DESIGN §1, §6):
 - R² > threshold (default 0.3), strictly: R² == threshold fails.
@@ -28,6 +30,8 @@ DEFAULT_MIN_STD_RATIO = 0.1
 
 @dataclass(frozen=True)
 class GateVerdict:
+    """The gate's decision on one model, with the numbers it was reached on."""
+
     passed: bool
     r2: float
     std_ratio: float
@@ -56,6 +60,12 @@ class GateVerdict:
             "reasons": list(self.reasons),
             "message": self.message,
         }
+
+    def enforce(self) -> GateVerdict:
+        """This verdict when it passed; raise GateFailed (its message) when it failed."""
+        if not self.passed:
+            raise GateFailed(self.message)
+        return self
 
 
 def gate_verdict(
@@ -97,10 +107,24 @@ def enforce_gate(
     flight: str = "?",
 ) -> GateVerdict:
     """Return the verdict when it passes; raise GateFailed (R², threshold, flight) otherwise."""
-    verdict = gate_verdict(r2, std_ratio, threshold, min_std_ratio, flight)
-    if not verdict.passed:
-        raise GateFailed(verdict.message)
-    return verdict
+    return gate_verdict(r2, std_ratio, threshold, min_std_ratio, flight).enforce()
+
+
+def verdict_from_metrics(
+    metrics: dict[str, Any],
+    threshold: float = DEFAULT_THRESHOLD,
+    min_std_ratio: float = DEFAULT_MIN_STD_RATIO,
+    flight: str = "?",
+) -> GateVerdict:
+    """The verdict on evaluate's metrics ({r2, std_ratio, flight, ...}); `flight` names the
+    validation flight when the metrics do not."""
+    return gate_verdict(
+        float(metrics["r2"]),
+        float(metrics["std_ratio"]),
+        threshold,
+        min_std_ratio,
+        str(metrics.get("flight", flight)),
+    )
 
 
 def gate_from_metrics_file(
@@ -118,16 +142,11 @@ def gate_from_metrics_file(
     missing = [k for k in ("r2", "std_ratio") if k not in metrics]
     if missing:
         raise CloudMLError(f"{metrics_path}: missing key(s) {missing}, expected evaluate's metrics")
-    return enforce_gate(
-        float(metrics["r2"]),
-        float(metrics["std_ratio"]),
-        threshold,
-        min_std_ratio,
-        str(metrics.get("flight", "?")),
-    )
+    return verdict_from_metrics(metrics, threshold, min_std_ratio).enforce()
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
+    """`cloudml gate --metrics FILE`: print the verdict; exit 1 (GateFailed) when it fails."""
     p = sub.add_parser("gate", help="fail (exit 1) unless R² in a metrics.json beats the threshold")
     p.add_argument("--metrics", type=Path, required=True, help="evaluate's metrics.json")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)

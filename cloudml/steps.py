@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from cloudml.config import Config, build_config, config_from_dict
-from cloudml.errors import DataError, GateFailed, StorageError
+from cloudml.errors import DataError, StorageError
 from cloudml.fileio import atomic_path, write_json
 from cloudml.gate import gate_verdict
 
@@ -334,9 +334,7 @@ def run_gate(
     raise GateFailed unless it passed; returns the verdict line."""
     verdict = gate_verdict(r2, std_ratio, threshold, min_std_ratio, flight)
     _telemetry(pipeline, "gate").gate(verdict.passed, threshold)
-    if not verdict.passed:
-        raise GateFailed(verdict.message)
-    return verdict.message
+    return verdict.enforce().message
 
 
 def run_promote(model_dir: Path, pipeline: str, run_id: str, r2: float) -> dict[str, Any]:

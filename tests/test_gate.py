@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 
 from cloudml.cli import main
 from cloudml.errors import GateFailed
-from cloudml.gate import enforce_gate, gate_from_metrics_file, gate_verdict
+from cloudml.gate import enforce_gate, gate_from_metrics_file, gate_verdict, verdict_from_metrics
 
 
 def test_passes_above_threshold():
@@ -63,3 +64,37 @@ def test_pipeline_gate_step_raises_with_message_and_needs_no_pushgateway(monkeyp
     assert run_gate(0.5, 0.9, 0.3, 0.1, "12Feb25", "tuned").startswith("gate PASSED")
     with pytest.raises(GateFailed, match=r"R² = 0.2000 \(threshold 0.3000\)"):
         run_gate(0.2, 0.9, 0.3, 0.1, "12Feb25", "tuned")
+
+
+def test_enforce_returns_the_verdict_or_raises_its_message():
+    passed = gate_verdict(0.5, 0.9, 0.3, 0.1, "12Feb25")
+    assert passed.enforce() is passed
+    failed = gate_verdict(0.2, 0.9, 0.3, 0.1, "12Feb25")
+    with pytest.raises(GateFailed, match=re.escape(failed.message)):
+        failed.enforce()
+
+
+def test_verdict_from_metrics_names_the_flight():
+    m = {"r2": 0.5, "std_ratio": 0.9}
+    assert verdict_from_metrics(m, 0.3, 0.1, "12Feb25").flight == "12Feb25"
+    assert verdict_from_metrics({**m, "flight": "30Oct24"}, 0.3, 0.1, "12Feb25").flight == "30Oct24"
+    assert verdict_from_metrics(m, 0.3, 0.1) == gate_verdict(0.5, 0.9, 0.3, 0.1, "?")
+
+
+def test_cli_step_and_enforce_gate_fail_with_one_message(tmp_path, capsys, monkeypatch):
+    from cloudml.steps import run_gate
+
+    monkeypatch.delenv("PUSHGATEWAY_URL", raising=False)
+    expected = gate_verdict(0.12, 0.6, 0.3, 0.1, "12Feb25").message
+    m = tmp_path / "metrics.json"
+    m.write_text(json.dumps({"r2": 0.12, "std_ratio": 0.6, "flight": "12Feb25"}))
+    assert main(["gate", "--metrics", str(m)]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {expected}"
+    for enforce in (
+        lambda: enforce_gate(0.12, 0.6, 0.3, 0.1, "12Feb25"),
+        lambda: run_gate(0.12, 0.6, 0.3, 0.1, "12Feb25", "tuned"),
+        lambda: gate_from_metrics_file(m),
+    ):
+        with pytest.raises(GateFailed) as e:
+            enforce()
+        assert str(e.value) == expected
