@@ -13,169 +13,39 @@ Sections (each runnable alone with --only; the others keep their last results):
 Children run under jemalloc (the shipped setting, Makefile RUN_ENV) unless a figure says
 glibc. --quick shrinks every section for a smoke test and does not time make run/test.
 Writes build/bench/results.json and docs/benchmarks.md (atomically).
+
+This file: the command line, the train section and the headline keys; the other sections
+are in bench/run_sections.py, child processes in bench/children.py, the doc in
+bench/common.py (render_doc) with bench/doc_sections.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import common
-from common import REPO, figure, glibc_env, jemalloc_env, ratio_figure
+from children import PY, checked, last_json_line, run_child
+from common import REPO, figure, glibc_env, jemalloc_env
+from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as run.<name>)
+    bench_e2e,
+    bench_ingest,
+    bench_loader,
+    ingest_figures,
+    loader_figures,
+    newest_run_dir,
+    stage_seconds,
+)
 
 SECTIONS = ("ingest", "loader", "train", "e2e")
 RESULTS = REPO / "build/bench/results.json"
 DOC = REPO / "docs/benchmarks.md"
-LOGS = REPO / "build/bench/logs"
-PY = sys.executable
 GIB = 2**30
 SIZES = {"local": "22x32", "full": "440x640"}
-
-
-# --- child processes -----------------------------------------------------------------------
-def run_child(
-    cmd: list[str], env: dict[str, str], log_name: str, stream: bool = False
-) -> dict[str, Any]:
-    """Run cmd in REPO; returns rc, wall seconds, peak RSS (bytes, this child tree's largest
-    process) and stdout. stderr goes to the terminal (progress), stdout to a log file (and
-    the terminal too with stream=True)."""
-    LOGS.mkdir(parents=True, exist_ok=True)
-    log_path = LOGS / f"{log_name}.log"
-    print(f"$ {' '.join(cmd)}  (log: {log_path.relative_to(REPO)})", flush=True)
-    t0 = time.perf_counter()
-    with open(log_path, "w") as out:
-        import subprocess
-
-        p = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=None if stream else out)
-        _, status, usage = os.wait4(p.pid, 0)
-        p.returncode = os.waitstatus_to_exitcode(status)
-    wall = time.perf_counter() - t0
-    stdout = "" if stream else log_path.read_text()
-    return {
-        "rc": p.returncode,
-        "wall_s": wall,
-        "peak_rss_bytes": usage.ru_maxrss * 1024,  # Linux reports KiB
-        "stdout": stdout,
-        "log": str(log_path.relative_to(REPO)),
-    }
-
-
-def last_json_line(text: str) -> dict[str, Any]:
-    """The last line of text that parses as a JSON object (children print one at the end)."""
-    for line in reversed(text.strip().splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line)
-            except json.JSONDecodeError:
-                continue
-    raise ValueError("no JSON object line in the output")
-
-
-def checked(res: dict[str, Any], what: str) -> dict[str, Any]:
-    if res["rc"] != 0:
-        raise RuntimeError(f"{what} exited with {res['rc']} (see {res['log']})")
-    return res
-
-
-# --- ingest --------------------------------------------------------------------------------
-def ingest_figures(ing: dict[str, Any], command: str) -> dict[str, Any]:
-    """Figures from bench/ingest_bench.py's JSON (per scale: runs_s, n_raw_frames, share)."""
-    out: dict[str, Any] = {"source": ing.get("source")}
-    for scale in ("full", "local"):
-        r = ing.get(scale)
-        if not r:
-            continue
-        runs = r["runs_s"]
-        frames = r["n_raw_frames"]
-        out[f"flight_{scale}_s"] = figure(runs, "s", command)
-        out[f"flight_{scale}_frames_per_s"] = figure(
-            [frames / s for s in runs], "frames/s", command
-        )
-        out[f"flight_{scale}_share"] = r["share"]
-        out[f"flight_{scale}_info"] = {
-            k: r.get(k) for k in ("n_raw_frames", "raw_frame_shape", "n_frames", "frame_shape",
-                                  "n_samples", "shard_mb")
-        }  # fmt: skip
-    return out
-
-
-def campaign_ingest(repeats: int) -> dict[str, Any]:
-    """Seconds to ingest the six synthetic flights at scale=local (the `make run` campaign)."""
-    from cloudml.config import load_config
-    from cloudml.data import synth
-    from cloudml.data.ingest import ingest_flight
-
-    cfg = load_config("tuned", {"scale": "local"})
-    flights = list(cfg.data.flights)
-    runs, frames = [], 0
-    with tempfile.TemporaryDirectory(prefix="campaign-bench-") as tmp:
-        raw_dir = Path(tmp) / "raw"
-        t0 = time.perf_counter()
-        # exactly what `make run` generates on first use (cloudml.cluster.local_run.ensure_campaign)
-        synth.write_campaign(raw_dir, seed=0, frame_size=synth.LOCAL_FRAME, flights=tuple(flights))
-        print(f"local campaign ({len(flights)} flights) written in "
-              f"{time.perf_counter() - t0:.1f} s", flush=True)  # fmt: skip
-        for rep in range(repeats):
-            t0 = time.perf_counter()
-            frames = 0
-            for name in flights:
-                s = ingest_flight(raw_dir, name, Path(tmp) / f"{name}.h5", cfg)
-                frames += s["n_raw_frames"]
-            runs.append(time.perf_counter() - t0)
-            print(f"campaign ingest run {rep + 1}: {runs[-1]:.2f} s, {frames} frames", flush=True)
-    cmd = "bench/run.py --only ingest (campaign: in bench/run.py's own process)"
-    return {
-        "campaign_local_s": figure(runs, "s", cmd, flights=flights, n_raw_frames=frames),
-        "campaign_local_frames_per_s": figure([frames / s for s in runs], "frames/s", cmd),
-    }
-
-
-def bench_ingest(repeats: int, quick: bool) -> dict[str, Any]:
-    out_json = REPO / "build/bench/ingest.json"
-    cmd = [PY, "bench/ingest_bench.py", "--repeats", str(repeats), "--out", str(out_json)]
-    if quick:
-        cmd += ["--frames", "120", "--source", "random"]
-    checked(run_child(cmd, jemalloc_env(), "ingest"), "ingest_bench")
-    ing = json.loads(out_json.read_text())
-    shown = [a for a in cmd[2:] if a not in ("--out", str(out_json))]
-    res = ingest_figures(ing, " ".join(["bench/ingest_bench.py", *shown]) + " (jemalloc)")
-    res.update(campaign_ingest(1 if quick else repeats))
-    res["allocator"] = "jemalloc"
-    return res
-
-
-# --- loader --------------------------------------------------------------------------------
-def loader_figures(lb: dict[str, Any], command: str) -> dict[str, Any]:
-    prod, rere = lb["production_samples_per_s"], lb["reread_samples_per_s"]
-    return {
-        "production_samples_per_s": figure(prod, "samples/s", command),
-        "reread_samples_per_s": figure(rere, "samples/s", command),
-        "speedup_vs_reread": ratio_figure(prod, rere, "x", command),
-        "production_no_augment_samples_per_s": figure(
-            lb.get("production_no_augment_samples_per_s") or [], "samples/s", command
-        )
-        if lb.get("production_no_augment_samples_per_s")
-        else None,
-        "info": {k: lb[k] for k in ("n_samples", "frame_shape", "temporal_frames", "batch",
-                                    "reread_batches")},
-    }  # fmt: skip
-
-
-def bench_loader(repeats: int, quick: bool) -> dict[str, Any]:
-    args = ["--repeats", str(repeats)]
-    args += ["--frames", "130", "--reread-batches", "1"] if quick else ["--reread-batches", "3"]
-    res = checked(run_child([PY, "bench/loader_bench.py", *args], jemalloc_env(), "loader"),
-                  "loader_bench")  # fmt: skip
-    out = loader_figures(last_json_line(res["stdout"]), "bench/loader_bench.py " + " ".join(args))
-    out["allocator"] = "jemalloc"
-    return out
 
 
 # --- train ---------------------------------------------------------------------------------
@@ -188,6 +58,7 @@ def extrapolate_rss(b1: int, rss1: float, b2: int, rss2: float, batch: int) -> f
 
 
 def mem_available_bytes() -> float:
+    """MemAvailable of /proc/meminfo in bytes (inf when the line is missing)."""
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
@@ -214,7 +85,8 @@ def child_samples_per_s(rec: dict[str, Any]) -> float:
     return rec["batch"] / rec["step_s_median"]
 
 
-def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -> dict[str, Any]:
+def ceiling_and_flops(quick: bool) -> dict[str, Any]:
+    """The fp32 matmul ceiling (FLOP/s figure) and FLOPs per sample at both sizes."""
     import mfu as mfu_mod
 
     from cloudml.config import load_config
@@ -224,14 +96,17 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
     n_mm = 1024 if quick else 2048
     rates = mfu_mod.matmul_flops_per_s(n_mm, repeats=3 if quick else 7)
     out["matmul_flops_per_s"] = figure(rates, "FLOP/s", f"bench/mfu.py --matmul-n {n_mm}")
-    peak = out["matmul_flops_per_s"]["median"]
     for size in ("local", "full"):
         h, w = mfu_mod.parse_size(size)
         fwd = mfu_mod.counted_forward_flops(model_cfg, 5, h, w)
         if fwd != mfu_mod.analytic_forward_flops(model_cfg, 5, h, w):
             print(f"warning: FLOP count disagrees with the analytic count at {size}", flush=True)
         out["flops"][size] = {"forward": fwd, "train": mfu_mod.train_flops_per_sample(fwd)}
+    return out
 
+
+def full_batch_plan(quick: bool, full_batch: int) -> tuple[int, dict[int, float]]:
+    """(full-size batch to time, {batch: peak RSS bytes} of the memory probes run)."""
     # Full size costs ~0.1-0.3 TFLOP per sample: a batch-20 step takes minutes on 2 cores, so
     # the timed full-size runs use --full-batch (default 4; per-sample cost barely depends on
     # B once B*T frames fill the cores) and peak RSS at batch 20 is extrapolated from a B=2
@@ -248,12 +123,21 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
             print(f"full size batch {fb} needs ~{need / GIB:.1f} GiB (> 85% of available "
                   "memory): measuring batch 4", flush=True)  # fmt: skip
             fb = 4
-    out["full_batch"] = fb
+    return fb, rss_at
 
-    plan = {  # size -> (batch, timed steps, warm-up steps, runs under jemalloc)
-        "local": (20, 3 if quick else 20, 2 if quick else 3, 1 if quick else repeats),
-        "full": (fb, 1 if quick else 2, 1, 1 if quick else full_repeats),
-    }
+
+def timed_runs(
+    plan: dict[str, tuple[int, int, int, int]],
+    quick: bool,
+    flops: dict[str, Any],
+    peak: float,
+    rss_at: dict[int, float],
+) -> dict[str, Any]:
+    """Throughput, MFU and peak RSS per size and allocator (full-size glibc: one run, none
+    in quick mode); the full-size jemalloc RSS joins `rss_at`."""
+    import mfu as mfu_mod
+
+    out: dict[str, Any] = {}
     for alloc, env in (("jemalloc", jemalloc_env()), ("glibc", glibc_env())):
         for size, (b, steps, warm, runs) in plan.items():
             if alloc == "glibc" and size == "full":
@@ -265,7 +149,7 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
             sps = [child_samples_per_s(r) for r in recs]
             cmd = recs[0]["command"] + (" (LD_PRELOAD=jemalloc)" if alloc == "jemalloc" else "")
             key = f"{size}_{alloc}"
-            train_flops = out["flops"][size]["train"]
+            train_flops = flops[size]["train"]
             rss = [r["peak_rss_bytes"] for r in recs]
             out[f"{key}_samples_per_s"] = figure(sps, "samples/s", cmd, batch=b)
             out[f"{key}_mfu"] = figure([mfu_mod.mfu(s, train_flops, peak) for s in sps],
@@ -276,75 +160,44 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
             print(f"train {key} B={b}: " + ", ".join(f"{v:.3g}" for v in sps) + " samples/s",
                   flush=True)  # fmt: skip
             out["threads"] = recs[0].get("threads")
+    return out
+
+
+def b20_memory(rss_at: dict[int, float]) -> dict[str, Any]:
+    """One measured batch-20 step (peak RSS, seconds) when the probes say it fits, else {}."""
+    (b1, r1), (b2, r2) = sorted(rss_at.items())[:2]
+    need = extrapolate_rss(b1, r1, b2, r2, 20)
+    if need > 0.85 * mem_available_bytes():
+        return {}
+    rec = train_child("full", 20, 1, 0, jemalloc_env(), "full-b20-memory")
+    cmd = rec["command"] + " (LD_PRELOAD=jemalloc)"
+    out = {
+        "full_b20_peak_rss_gib": figure([rec["peak_rss_bytes"] / GIB], "GiB", cmd, batch=20),
+        "full_b20_step_s": figure([rec["step_s_median"]], "s", cmd, batch=20),
+    }
+    print(f"train full B=20: peak RSS {rec['peak_rss_bytes'] / GIB:.2f} GiB, "
+          f"step {rec['step_s_median']:.0f} s", flush=True)  # fmt: skip
+    return out
+
+
+def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -> dict[str, Any]:
+    """Section train: FLOPs and ceiling, memory probes, timed runs, the batch-20 memory goal."""
+    out = ceiling_and_flops(quick)
+    peak = out["matmul_flops_per_s"]["median"]
+    fb, rss_at = full_batch_plan(quick, full_batch)
+    out["full_batch"] = fb
+    plan = {  # size -> (batch, timed steps, warm-up steps, runs under jemalloc)
+        "local": (20, 3 if quick else 20, 2 if quick else 3, 1 if quick else repeats),
+        "full": (fb, 1 if quick else 2, 1, 1 if quick else full_repeats),
+    }
+    out.update(timed_runs(plan, quick, out["flops"], peak, rss_at))
     # the memory goal at the batch it names: one batch-20 step, measured, not extrapolated
     if not quick and fb != 20 and len(rss_at) >= 2:
-        (b1, r1), (b2, r2) = sorted(rss_at.items())[:2]
-        need = extrapolate_rss(b1, r1, b2, r2, 20)
-        if need <= 0.85 * mem_available_bytes():
-            rec = train_child("full", 20, 1, 0, jemalloc_env(), "full-b20-memory")
-            cmd = rec["command"] + " (LD_PRELOAD=jemalloc)"
-            out["full_b20_peak_rss_gib"] = figure([rec["peak_rss_bytes"] / GIB], "GiB", cmd, batch=20)
-            out["full_b20_step_s"] = figure([rec["step_s_median"]], "s", cmd, batch=20)
-            print(f"train full B=20: peak RSS {rec['peak_rss_bytes'] / GIB:.2f} GiB, "
-                  f"step {rec['step_s_median']:.0f} s", flush=True)  # fmt: skip
+        out.update(b20_memory(rss_at))
     out["full_rss_probe_gib"] = {str(b): v / GIB for b, v in sorted(rss_at.items())}
     if len(rss_at) >= 2:
         (b1, r1), (b2, r2) = sorted(rss_at.items())[:2]
         out["full_b20_rss_estimate_gib"] = extrapolate_rss(b1, r1, b2, r2, 20) / GIB
-    return out
-
-
-# --- end to end ----------------------------------------------------------------------------
-def newest_run_dir(runs_dir: Path, pipeline: str, after: float = 0.0) -> Path | None:
-    """The newest runs/<pipeline>-* folder holding metrics.json, modified after `after`."""
-    cands = [p for p in runs_dir.glob(f"{pipeline}-*") if (p / "metrics.json").is_file()]
-    cands = [p for p in cands if (p / "metrics.json").stat().st_mtime >= after]
-    return max(cands, key=lambda p: (p / "metrics.json").stat().st_mtime) if cands else None
-
-
-def stage_seconds(metrics: dict[str, Any]) -> dict[str, float]:
-    """Per-stage seconds from a run folder's metrics.json ('seconds': {stage: s})."""
-    sec = metrics.get("seconds")
-    if not isinstance(sec, dict):
-        raise ValueError("metrics.json has no 'seconds' object")
-    return {str(k): float(v) for k, v in sec.items()}
-
-
-def bench_e2e(repeats: int, quick: bool) -> dict[str, Any]:
-    runs_dir = REPO / "runs"
-    out: dict[str, Any] = {}
-    if quick:  # no timing in quick mode: read the newest existing run so the parsing is checked
-        d = newest_run_dir(runs_dir, "tuned")
-        if d:
-            out["existing_run"] = {"dir": str(d.relative_to(REPO)),
-                                   "stages_s": stage_seconds(json.loads((d / "metrics.json").read_text()))}  # fmt: skip
-        out["note"] = "quick mode: make run / make test not timed"
-        return out
-    walls, stages = [], []
-    for i in range(repeats):
-        t0 = time.time()
-        res = run_child(
-            ["make", "run", "PIPELINE=tuned"], dict(os.environ), f"make-run-{i}", stream=True
-        )
-        d = newest_run_dir(runs_dir, "tuned", after=t0)
-        if d is None:
-            raise RuntimeError(f"make run PIPELINE=tuned left no run folder (rc {res['rc']})")
-        walls.append(res["wall_s"])
-        stages.append(stage_seconds(json.loads((d / "metrics.json").read_text())))
-        stages[-1]["_gate_rc"] = res["rc"]
-    out["make_run_tuned_wall_s"] = figure(walls, "s", "make run PIPELINE=tuned")
-    keys = [k for k in stages[0] if not k.startswith("_")]
-    out["stages_s"] = {k: figure([s[k] for s in stages if k in s], "s", "make run PIPELINE=tuned")
-                       for k in keys}  # fmt: skip
-    out["make_run_rc"] = [s["_gate_rc"] for s in stages]
-    walls = []
-    rcs = []
-    for i in range(repeats):
-        res = run_child(["make", "test"], dict(os.environ), f"make-test-{i}", stream=True)
-        walls.append(res["wall_s"])
-        rcs.append(res["rc"])
-    out["make_test_wall_s"] = figure(walls, "s", "make test")
-    out["make_test_rc"] = rcs
     return out
 
 
@@ -372,7 +225,8 @@ def parse_only(text: str | None) -> list[str]:
     return names
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line of bench/run.py (SystemExit on a bad --repeats)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", help=f"comma list of {','.join(SECTIONS)} (default all)")
     ap.add_argument("--repeats", type=int, default=3, help="runs per figure (default 3)")
@@ -400,12 +254,31 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.repeats < 1:
         raise SystemExit("--repeats: must be >= 1")
-    if args.render_only:
-        if not args.results.is_file():
-            raise SystemExit(f"--render-only: no results at {args.results}; run make bench first")
-        common.write_text(args.doc, common.render_doc(json.loads(args.results.read_text())))
-        print(f"wrote {args.doc} from {args.results}")
-        return 0
+    return args
+
+
+def render_only(args: argparse.Namespace) -> int:
+    """--render-only: rewrite --doc from the figures already in --results."""
+    if not args.results.is_file():
+        raise SystemExit(f"--render-only: no results at {args.results}; run make bench first")
+    common.write_text(args.doc, common.render_doc(json.loads(args.results.read_text())))
+    print(f"wrote {args.doc} from {args.results}")
+    return 0
+
+
+def run_section(name: str, args: argparse.Namespace, repeats: int) -> dict[str, Any]:
+    """The figures of one section (`name` in SECTIONS)."""
+    if name == "ingest":
+        return bench_ingest(repeats, args.quick)
+    if name == "loader":
+        return bench_loader(repeats, args.quick)
+    if name == "train":
+        return bench_train(repeats, args.quick, args.full_batch, args.full_repeats)
+    return bench_e2e(args.e2e_repeats, args.quick)
+
+
+def measure(args: argparse.Namespace) -> int:
+    """Run the chosen sections, keep the others' last figures, write results and the doc."""
     only = parse_only(args.only)
     repeats = 1 if args.quick else args.repeats
 
@@ -420,14 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         print(f"== {name} ==", flush=True)
         try:
-            if name == "ingest":
-                sec = bench_ingest(repeats, args.quick)
-            elif name == "loader":
-                sec = bench_loader(repeats, args.quick)
-            elif name == "train":
-                sec = bench_train(repeats, args.quick, args.full_batch, args.full_repeats)
-            else:
-                sec = bench_e2e(args.e2e_repeats, args.quick)
+            sec = run_section(name, args, repeats)
         except Exception as e:  # one broken section must not cost the others their figures
             print(f"error: section {name} failed: {e}", file=sys.stderr, flush=True)
             sec = {"error": f"{type(e).__name__}: {e}"}
@@ -444,6 +310,11 @@ def main(argv: list[str] | None = None) -> int:
     if failed:
         print(f"error: section(s) {', '.join(failed)} failed (see above)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    return render_only(args) if args.render_only else measure(args)
 
 
 if __name__ == "__main__":
