@@ -80,8 +80,7 @@ class _Stopwatch:
     """Seconds spent per named step since the last lap; a step named twice accumulates."""
 
     def __init__(self) -> None:
-        self.start = time.perf_counter()
-        self._last = time.perf_counter()
+        self.start = self._last = time.perf_counter()
         self.timings: dict[str, float] = {}
 
     def lap(self, name: str) -> None:
@@ -90,11 +89,12 @@ class _Stopwatch:
         self._last = now
 
     def elapsed(self) -> float:
+        """Seconds since the stopwatch was made."""
         return time.perf_counter() - self.start
 
 
 @dataclass
-class _RawFlight:
+class RawFlight:
     """A flight's three raw files, checked against the layout (IRAI pixels not read yet)."""
 
     irai_path: Path
@@ -106,24 +106,24 @@ class _RawFlight:
 
 
 @dataclass
-class _ImageScan:
+class ImageScan:
     """What the pass over the IRAI images learns besides the candidate frames."""
 
-    bad: np.ndarray  # (N,) bool, a bad (fill/saturated) raw frame
+    bad: np.ndarray  # (N,) bool: the raw frame has a NaN/Inf or sensor-fill pixel
     ref_sum: np.ndarray  # (H, W) float64 sum of the flat-field reference frames
     ref_n: int  # how many frames ref_sum holds
 
 
-def read_raw_flight(raw_dir: Path, flight: str) -> _RawFlight:
+def read_raw_flight(raw_dir: Path, flight: str) -> RawFlight:
     """Resolve and check all three raw files of `flight`, before any pixel is read."""
     irai_p, cpl_p, nav_p = resolve_files(Path(raw_dir), flight)
     info = raw.check_irai(irai_p)
     cpl = raw.read_cpl(cpl_p)
     nav = raw.read_nav(nav_p, info.n_frames)
-    return _RawFlight(irai_p, cpl_p, nav_p, info, cpl, nav)
+    return RawFlight(irai_p, cpl_p, nav_p, info, cpl, nav)
 
 
-def frame_geometry(rf: _RawFlight, cfg: Config) -> tuple[int, tuple[int, int]]:
+def frame_geometry(rf: RawFlight, cfg: Config) -> tuple[int, tuple[int, int]]:
     """(bin factor, swath rows of the binned frame); a DataError names the IRAI file."""
     d = cfg.data
     factor = preprocess.bin_factor(rf.info.cols, d.scale)
@@ -134,7 +134,7 @@ def frame_geometry(rf: _RawFlight, cfg: Config) -> tuple[int, tuple[int, int]]:
     return factor, rows
 
 
-def match_samples(rf: _RawFlight, cfg: Config, bad: np.ndarray | None) -> timesync.MatchResult:
+def match_samples(rf: RawFlight, cfg: Config, bad: np.ndarray | None) -> timesync.MatchResult:
     """Filter and match the CPL profiles to the frames (bad=None: bad frames not known yet)."""
     d, cpl = cfg.data, rf.cpl
     return timesync.match_profiles(
@@ -149,7 +149,7 @@ def read_frames(
     factor: int,
     rows: tuple[int, int],
     flat_field: bool,
-) -> tuple[np.ndarray, _ImageScan]:
+) -> tuple[np.ndarray, ImageScan]:
     """One pass over the images: bad flags, flat-field reference, candidate frames kept.
 
     Returns the (K, H, W) float32 store of the candidate frames (binned, swath-sliced, in
@@ -177,11 +177,11 @@ def read_frames(
             ref_n += int(take_ref.sum())
         if need.any():
             store[np.searchsorted(candidates, sel[need])] = frames[need[want]]
-    return store, _ImageScan(bad, ref_sum, ref_n)
+    return store, ImageScan(bad, ref_sum, ref_n)
 
 
 def select_used_frames(
-    rf: _RawFlight, flight: str, m: timesync.MatchResult, store: np.ndarray, candidates: np.ndarray
+    rf: RawFlight, flight: str, m: timesync.MatchResult, store: np.ndarray, candidates: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(used (F,), frame table (F, H, W), frame_index (n, T)) of the final match.
 
@@ -204,7 +204,7 @@ def select_used_frames(
     return used, table, frame_index
 
 
-def apply_flat_field(table: np.ndarray, scan: _ImageScan, irai_path: Path) -> None:
+def apply_flat_field(table: np.ndarray, scan: ImageScan, irai_path: Path) -> None:
     """Fit the flat field to the reference frames and divide it out of `table` in place."""
     if scan.ref_n == 0:
         raise DataError(f"{irai_path}: {layout.IRAI_SIGNAL}: no good frame for the flat field")
@@ -229,28 +229,28 @@ def normalize_table(table: np.ndarray, cfg: Config) -> None:
 
 def shard_summary(
     flight: str,
-    rf: _RawFlight,
+    rf: RawFlight,
     m: timesync.MatchResult,
-    n_used: int,
-    n_bad: int,
+    scan: ImageScan,
+    table: np.ndarray,
     cfg: Config,
     factor: int,
-    frame_shape: tuple[int, int],
 ) -> dict[str, Any]:
-    """The summary's counts and shapes (seconds, timings and paths are added by the caller)."""
+    """Counts and shapes of the summary (`table`: the (F, H, W) frames used); the caller
+    adds seconds, timings, output path and raw hashes."""
     return {
         "flight": flight,
         "n_samples": m.n_samples,
-        "n_frames": n_used,
+        "n_frames": int(len(table)),
         "n_raw_frames": rf.info.n_frames,
         "n_profiles": int(len(rf.cpl.time_utc)),
-        "n_bad_frames": n_bad,
+        "n_bad_frames": int(scan.bad.sum()),
         "dropped": m.dropped,
         "dt_abs_s": m.dt_abs_s,
         "nav_filled": {"sza": rf.nav.n_sza_filled, "saa": rf.nav.n_saa_filled},
         "scale": cfg.data.scale,
         "bin_factor": factor,
-        "frame_shape": list(frame_shape),
+        "frame_shape": list(table.shape[1:]),
         "raw_frame_shape": [rf.info.rows, rf.info.cols],
         "cloudml_version": __version__,
     }
@@ -281,9 +281,7 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
 
     sha = {p.name: sha256_file(p) for p in (rf.irai_path, rf.cpl_path, rf.nav_path)}
     sw.lap("hash")
-    frame_shape = (rows[1] - rows[0], rf.info.cols // factor)
-    n_bad = int(scan.bad.sum())
-    summary = shard_summary(flight, rf, m, int(len(used)), n_bad, cfg, factor, frame_shape)
+    summary = shard_summary(flight, rf, m, scan, table, cfg, factor)
     pi, fi = m.profile_idx, m.frame_idx
     shard = Shard(
         flight=flight,
