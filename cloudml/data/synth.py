@@ -16,6 +16,10 @@ the scalar the model sees fixes the shadow direction in the image (a column flip
 
     out = write_campaign("data/raw", seed=0)            # six flights, local 26x32 frames
     fl = synth_flight("12Feb25", seed=0, frame_size=(26, 32))   # arrays, no I/O
+
+The parameter tables are in synth_params, the pure building blocks (fields, optical depth,
+shadows, the view from the aircraft) in synth_physics, the physical steps of one flight in
+synth_scene; this module runs the steps (synth_flight), writes the files and the CLI.
 """
 
 from __future__ import annotations

@@ -98,6 +98,7 @@ class GroundGrid:
 
     @classmethod
     def build(cls, frame: tuple[int, int], t0: float, n_slots: int) -> GroundGrid:
+        """The grid for (R, C) frames over a leg of n_slots frame slots from t0."""
         rows, cols = frame
         gsd = (FOOTPRINT_M[0] / rows, FOOTPRINT_M[1] / cols)
         adv = SPEED_MPS * FRAME_DT_S / gsd[0]  # ground rows per frame
