@@ -33,7 +33,7 @@ from cloudml.data import layout, preprocess, raw, timesync
 from cloudml.data.ingest import ingest_flight, resolve_files
 from cloudml.data.shard import Shard
 from cloudml.training.data import Pool, augment, batches, epoch_order, fit_scalers, load_pool
-from cloudml.training.stages import gather_batch, scalar_inputs
+from cloudml.training.loop import gather_batch, scalar_inputs
 
 FLIGHT = "30Oct24"
 
@@ -116,7 +116,7 @@ def production_batches(
     seed: int = 0,
     with_augment: bool = True,
 ) -> int:
-    """Deliver augmented batches as cloudml.training.stages.fit does; returns the samples delivered.
+    """Deliver augmented batches as cloudml.training.loop.fit does; returns the samples delivered.
 
     with_augment=False times the gather alone, to show where the loader's time goes."""
     gen = torch.Generator().manual_seed(seed)

@@ -31,7 +31,7 @@ import torch
 
 from cloudml.config import load_config
 from cloudml.model import CBHNet
-from cloudml.training.stages import loss_fn
+from cloudml.training.loop import loss_fn
 
 SIZES = {"local": (22, 32), "full": (440, 640)}
 

@@ -77,7 +77,7 @@ def evaluate(
 
     from cloudml.training.checkpoint import load_checkpoint, model_from_checkpoint
     from cloudml.training.data import load_pool, shard_flight
-    from cloudml.training.stages import device_for, loss_fn, predict
+    from cloudml.training.loop import device_for, loss_fn, predict
 
     out_dir, flight = Path(out_dir), cfg.data.validation_flight
     got = shard_flight(Path(shard))
@@ -155,7 +155,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 def _eval_cmd(args: argparse.Namespace) -> int:
     """Pick the validation flight's shard from the --shard list, then evaluate."""
-    from cloudml.training.stages import shards_from_paths
+    from cloudml.training.data import shards_from_paths
 
     cfg = config_from_args(args)
     shards = shards_from_paths(args.shard)

@@ -22,7 +22,7 @@ from cloudml.config import load_config  # noqa: E402
 from cloudml.data.ingest import ingest_flight  # noqa: E402
 from cloudml.data.shard import read_shard  # noqa: E402
 from cloudml.training.data import load_pool  # noqa: E402
-from cloudml.training.stages import gather_batch  # noqa: E402
+from cloudml.training.loop import gather_batch  # noqa: E402
 from tests.support.rawfiles import flight_arrays, write_flight  # noqa: E402
 
 

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import cloudml.training.data as train_data
+import cloudml.training.loop as loop
 import cloudml.training.stages as train
 from cloudml.cli import main
 from cloudml.config import load_config
@@ -21,23 +22,23 @@ from tests.support.train_fixtures import fast_cfg, make_shard, write_shards
 # --- pure helpers ---------------------------------------------------------------------------
 def test_lr_warmup_counts_optimizer_steps():
     tc = load_config("tuned").train  # learning_rate 5e-4, warmup_steps 500
-    lrs = [train.lr_at(s, tc) for s in range(600)]
+    lrs = [loop.lr_at(s, tc) for s in range(600)]
     assert 0 < lrs[0] <= tc.learning_rate / 100
     assert lrs[249] == pytest.approx(tc.learning_rate * 250 / 500)
     assert np.all(np.diff(lrs[:500]) > 0)
     assert lrs[499] == lrs[500] == lrs[599] == tc.learning_rate
     tc0 = load_config("tuned", {"warmup_steps": 0}).train
-    assert train.lr_at(0, tc0) == tc0.learning_rate
+    assert loop.lr_at(0, tc0) == tc0.learning_rate
 
 
 def test_losses_match_their_formulas():
     p, y = torch.tensor([0.0, 0.5, 3.0]), torch.tensor([0.0, 0.0, 0.0])
     huber = load_config("tuned").train
     # delta 1: 0.5*e^2 inside, delta*(|e| - delta/2) outside
-    assert train.loss_fn(p, y, huber).item() == pytest.approx((0 + 0.125 + 2.5) / 3)
+    assert loop.loss_fn(p, y, huber).item() == pytest.approx((0 + 0.125 + 2.5) / 3)
     blend = load_config("tuned", {"loss_type": "mse_mae", "loss_alpha": 0.25}).train
     mse, mae = (0 + 0.25 + 9) / 3, (0 + 0.5 + 3) / 3
-    assert train.loss_fn(p, y, blend).item() == pytest.approx(0.25 * mse + 0.75 * mae)
+    assert loop.loss_fn(p, y, blend).item() == pytest.approx(0.25 * mse + 0.75 * mae)
 
 
 def test_time_split_holds_out_the_latest_samples():
@@ -101,7 +102,7 @@ def test_pretrain_outputs_checkpoint_and_warmup_steps(tmp_path):
     assert [r["epoch"] for r in hist] == [1, 2] == [r["epoch"] for r in rows]
     assert set(rows[0]) == {"stage", "epoch", "train_loss", "val_loss", "val_r2", "lr", "seconds"}
     # lr in use at the end of epoch 1 = warm-up value of its last optimizer step
-    assert hist[0]["lr"] == pytest.approx(train.lr_at(steps_per_epoch - 1, cfg.train))
+    assert hist[0]["lr"] == pytest.approx(loop.lr_at(steps_per_epoch - 1, cfg.train))
     assert hist[1]["lr"] == pytest.approx(cfg.train.learning_rate * 6 / 10)
     ck = load_checkpoint(tmp_path / "pre" / "model.pt")
     assert ck["stage"] == "pretrain" and ck["epoch"] == s["best_epoch"]
@@ -151,9 +152,9 @@ def test_finetune_never_batches_the_validation_flight(tmp_path, monkeypatch):
     cfg = fast_cfg(epochs=2, overweight_factor=3.0)
     train.pretrain(shards, cfg, tmp_path / "pre")
     seen, read = [], []
-    real_gather, real_read = train.gather_batch, train_data.read_shard
+    real_gather, real_read = loop.gather_batch, train_data.read_shard
     monkeypatch.setattr(
-        train,
+        loop,
         "gather_batch",
         lambda pool, idx: seen.extend(pool.sample_ids(idx)) or real_gather(pool, idx),
     )
@@ -258,7 +259,7 @@ def test_bn_recalibration_sees_no_dropout(tmp_path):
     stats = []
     for seed in (1, 2):
         torch.manual_seed(seed)
-        train.recalibrate_bn(net, pool, idx, sc, 16, torch.device("cpu"))
+        loop.recalibrate_bn(net, pool, idx, sc, 16, torch.device("cpu"))
         stats.append(net.encoder.blocks[1].bn.running_var.clone())
     torch.testing.assert_close(stats[0], stats[1], rtol=0, atol=0)
     assert float(stats[0].std()) > 0  # real statistics, not the reset ones

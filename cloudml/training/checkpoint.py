@@ -33,6 +33,8 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint at `path`, loaded on the CPU; DataError (naming the file) when it is
+    missing, unreadable or lacks an entry every checkpoint has."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: checkpoint does not exist")
@@ -64,6 +66,20 @@ def load_weights(net: nn.Module, state: dict[str, torch.Tensor], where: str | Pa
         ]
         raise ConfigError(f"{where}: weights do not fit this architecture ({'; '.join(parts)})")
     net.load_state_dict(state)
+
+
+def check_resumable(ck: dict[str, Any], base: dict[str, Any], path: Path) -> None:
+    """A last.pt from another stage or configuration must not be silently continued: raise
+    ConfigError unless `ck` has base's stage and the same value for every key of base's config."""
+    if ck.get("stage") != base["stage"]:
+        raise ConfigError(
+            f"{path}: holds stage {ck.get('stage')!r}, not {base['stage']!r}; use another --out"
+        )
+    diff = sorted(k for k in base["config"] if ck["config"].get(k) != base["config"][k])
+    if diff:
+        raise ConfigError(
+            f"{path}: was written with different settings for {diff}; use another --out"
+        )
 
 
 def model_from_checkpoint(ck: dict[str, Any], where: str | Path) -> CBHNet:

@@ -63,6 +63,17 @@ def shard_flight(path: Path) -> str:
         raise DataError(f"{path}: not a shard with a 'flight' attribute ({e})") from None
 
 
+def shards_from_paths(paths: list[str]) -> dict[str, Path]:
+    """{flight: path} from shard files, the flight read from each file."""
+    out: dict[str, Path] = {}
+    for p in map(Path, paths):
+        flight = shard_flight(p)
+        if flight in out:
+            raise DataError(f"{p}: flight {flight} already given by {out[flight]}")
+        out[flight] = p
+    return out
+
+
 def load_pool(shards: dict[str, Path], flights: list[str], temporal_frames: int) -> Pool:
     """Read the shards of `flights` once into a Pool; checks flight names and window length."""
     parts, offset = [], 0
