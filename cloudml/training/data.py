@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import h5py
 import numpy as np
@@ -197,11 +198,42 @@ def augment(
       offsets the label is read from.
     """
     if frames.device.type != "cpu":  # fit augments on the host; elsewhere make the round trip
-        x, saa = augment(
-            frames.cpu(), saa_deg, gen, jitter, p_erase, p_flip, p_vflip, p_transpose
-        )
+        x, saa = augment(frames.cpu(), saa_deg, gen, jitter, p_erase, p_flip, p_vflip, p_transpose)
         return x.to(frames.device), saa
-    b, t, h, w = frames.shape
+    b, _, h, w = frames.shape
+    d = _draw(gen, b, h, w, jitter, p_erase, p_flip, p_vflip)
+    out = _apply(frames, d)
+    saa = torch.where(d.flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
+    saa = torch.where(d.vflip.to(saa.device), torch.remainder(180.0 - saa, 360.0), saa)
+    # the transposition is drawn last: the draws above replay whatever p_transpose is
+    if p_transpose > 0 and bool(torch.rand(1, generator=gen) < p_transpose):
+        out = out.transpose(-1, -2).contiguous()
+        saa = torch.remainder(270.0 - saa, 360.0)
+    return out, saa
+
+
+class _Draws(NamedTuple):
+    """One batch's augmentation parameters, per sample."""
+
+    contrast: torch.Tensor  # (B, 1, 1, 1)
+    bright: torch.Tensor  # (B, 1, 1, 1)
+    rect: list[list[int]]  # (B, 4) erased rows r0:r1, columns c0:c1
+    erase: torch.Tensor  # (B,) bool
+    flip: torch.Tensor  # (B,) bool, cross-track mirror
+    vflip: torch.Tensor  # (B,) bool, along-track mirror + reversed frame order
+
+
+def _draw(
+    gen: torch.Generator,
+    b: int,
+    h: int,
+    w: int,
+    jitter: float,
+    p_erase: float,
+    p_flip: float,
+    p_vflip: float,
+) -> _Draws:
+    """The random draws of `augment` for b samples of h x w frames."""
 
     def u(*shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=gen)
@@ -218,7 +250,13 @@ def augment(
     erase = u(b) < p_erase  # (B,)
     flip = u(b) < p_flip  # (B,)
     vflip = u(b) < p_vflip  # (B,)
+    rect = torch.stack([y0, y0 + eh.floor(), x0, x0 + ew.floor()], 1).long().tolist()  # (B, 4)
+    return _Draws(contrast, bright, rect, erase, flip, vflip)
 
+
+def _apply(frames: torch.Tensor, d: _Draws) -> torch.Tensor:
+    """frames (B, T, H, W) with contrast, brightness, erasing and both mirrors of `d` applied
+    (a new tensor; `frames` is left alone)."""
     # Applied frame by frame with numpy: a mirror is then a view (negative strides, no copy)
     # and each frame is read and written once, its second step running in cache, instead of
     # several passes over the whole (B, T, H, W) batch. numpy ufuncs are single-threaded: on
@@ -226,13 +264,13 @@ def augment(
     # which made the same loop in torch ops 10x slower than the whole-batch code. Mirroring the
     # input and mapping the erased rectangle through the mirrors gives the same bits as
     # erasing first and mirroring after; mul and add stay two roundings (no fused FMA).
-    dtype = torch.result_type(frames, contrast)  # as `frames * contrast` promotes
+    _, t, h, w = frames.shape
+    dtype = torch.result_type(frames, d.contrast)  # as `frames * contrast` promotes
     out = torch.empty(frames.shape, dtype=dtype)
     src_all = frames.detach().to(dtype).numpy()  # (B, T, H, W), a view when already dtype
-    dst_all, c_all, a_all = out.numpy(), contrast.numpy(), bright.numpy()
-    rect = torch.stack([y0, y0 + eh.floor(), x0, x0 + ew.floor()], 1).long().tolist()  # (B, 4)
+    dst_all, c_all, a_all = out.numpy(), d.contrast.numpy(), d.bright.numpy()
     for i, (ers, fl, vf, (r0, r1, c0, c1)) in enumerate(
-        zip(erase.tolist(), flip.tolist(), vflip.tolist(), rect, strict=True)
+        zip(d.erase.tolist(), d.flip.tolist(), d.vflip.tolist(), d.rect, strict=True)
     ):
         src = src_all[i, ::-1, ::-1] if vf else src_all[i]  # frame order and rows
         src = src[..., ::-1] if fl else src  # columns
@@ -243,10 +281,4 @@ def augment(
             r0, r1 = (h - r1, h - r0) if vf else (r0, r1)
             c0, c1 = (w - c1, w - c0) if fl else (c0, c1)
             dst_all[i, :, max(r0, 0) : r1, max(c0, 0) : c1] = 0.0
-
-    saa = torch.where(flip.to(saa_deg.device), torch.remainder(360.0 - saa_deg, 360.0), saa_deg)
-    saa = torch.where(vflip.to(saa.device), torch.remainder(180.0 - saa, 360.0), saa)
-    if p_transpose > 0 and bool(u(1) < p_transpose):  # drawn last: the draws above replay
-        out = out.transpose(-1, -2).contiguous()
-        saa = torch.remainder(270.0 - saa, 360.0)
-    return out, saa
+    return out
