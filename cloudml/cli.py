@@ -44,7 +44,7 @@ COMMANDS: dict[str, Command] = {
         "cloudml.data.synth", "write the synthetic six-flight campaign in the raw layout"
     ),
     "upload": Command(
-        "cloudml.store.backends",
+        "cloudml.store.cli",
         "upload a directory to s3://bucket/prefix (or a path) with a sha256 manifest",
     ),
     "ingest": Command("cloudml.data.ingest", "raw flight files -> processed shard (one flight)"),

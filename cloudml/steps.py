@@ -29,10 +29,9 @@ from cloudml.config import Config, build_config, config_from_dict
 from cloudml.errors import DataError, StorageError
 from cloudml.fileio import atomic_path, write_json
 from cloudml.gate import gate_verdict
+from cloudml.store.layout import is_remote
 
 log = logging.getLogger(__name__)
-
-REMOTE_SCHEMES = ("s3://", "minio://")
 
 
 # --- config ----------------------------------------------------------------------------
@@ -52,11 +51,11 @@ JSON_OPTIONS: dict[str, Any] = {"end": "", "indent": 2, "sort_keys": True, "defa
 # --- ingest ----------------------------------------------------------------------------
 def _local_raw_dir(raw_uri: str, flight: str, scratch: Path) -> Path:
     """A local directory holding raw/<flight>/ (downloaded from the store when remote)."""
-    if raw_uri.startswith(REMOTE_SCHEMES):
-        from cloudml.store import backends as storage  # only remote runs need the S3 client
+    if is_remote(raw_uri):
+        from cloudml.store.backends import open_store  # only remote runs need the S3 client
+        from cloudml.store.manifest import fetch_raw_flight
 
-        store = storage.open_store(raw_uri)
-        storage.fetch_raw_flight(store, flight, scratch / flight)
+        fetch_raw_flight(open_store(raw_uri), flight, scratch / flight)
         return scratch
     raw_dir = Path(raw_uri.removeprefix("file://"))
     if not (raw_dir / flight).is_dir():
@@ -87,16 +86,17 @@ def raw_fingerprint(raw_uri: str, flight: str) -> str:
 
     from cloudml.fileio import sha256_file
 
-    if raw_uri.startswith(REMOTE_SCHEMES):
-        from cloudml.store import backends as storage
+    if is_remote(raw_uri):
+        from cloudml.store.backends import open_store
+        from cloudml.store.manifest import find_raw_flight, manifest_sha256
 
-        store = storage.open_store(raw_uri)
-        for prefix in (storage.raw_prefix(flight), flight):  # as fetch_raw_flight looks
-            if store.exists(storage.manifest_key(prefix)):
-                return storage.manifest_sha256(store, prefix)
-        raise StorageError(
-            f"raw flight {flight!r}: no manifest under {raw_uri} (raw/{flight}/ or {flight}/)"
-        )
+        store = open_store(raw_uri)
+        prefix = find_raw_flight(store, flight)  # where fetch_raw_flight looks
+        if prefix is None:
+            raise StorageError(
+                f"raw flight {flight!r}: no manifest under {raw_uri} (raw/{flight}/ or {flight}/)"
+            )
+        return manifest_sha256(store, prefix)
     flight_dir = Path(raw_uri.removeprefix("file://")) / flight
     files = sorted(p for p in flight_dir.iterdir() if p.is_file()) if flight_dir.is_dir() else []
     if not files:
@@ -340,7 +340,9 @@ def run_gate(
 def run_promote(model_dir: Path, pipeline: str, run_id: str, r2: float) -> dict[str, Any]:
     """Upload the gated model to runs/<pipeline>/<run id>/model in the store (CLOUDML_STORE),
     then make it the champion if its R² beats the current one (cloudml.store.promotion)."""
-    from cloudml.store.backends import open_store, run_prefix, upload_dir
+    from cloudml.store.backends import open_store
+    from cloudml.store.layout import run_prefix
+    from cloudml.store.manifest import upload_dir
     from cloudml.store.promotion import promote
 
     if not run_id:

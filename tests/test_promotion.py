@@ -9,7 +9,8 @@ import time
 import pytest
 
 from cloudml.errors import StorageError
-from cloudml.store.backends import LocalStore, S3Store, manifest_sha256, read_manifest, upload_dir
+from cloudml.store.backends import LocalStore, S3Store
+from cloudml.store.manifest import manifest_sha256, read_manifest, upload_dir
 from cloudml.store.promotion import (
     best_record,
     decide,

@@ -21,17 +21,17 @@ import pytest
 from cloudml.config import load_config
 from cloudml.errors import StorageError
 from cloudml.steps import run_ingest
-from cloudml.store.backends import (
-    RetryPolicy,
-    S3Store,
+from cloudml.store.backends import S3Store
+from cloudml.store.layout import run_prefix
+from cloudml.store.manifest import (
     download_dir,
     manifest_key,
     manifest_sha256,
     read_manifest,
-    run_prefix,
     upload_dir,
 )
 from cloudml.store.promotion import pointer_key, promote, read_champion, version_prefix
+from cloudml.store.retry import RetryPolicy
 from tests.support.rawfiles import flight_arrays, write_flight
 from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
@@ -137,7 +137,9 @@ def test_promotion_with_gateway_gone_leaves_pointer_on_complete_version(
 UPLOADER = """
 import sys
 from pathlib import Path
-from cloudml.store.backends import open_store, run_prefix, upload_dir
+from cloudml.store.backends import open_store
+from cloudml.store.layout import run_prefix
+from cloudml.store.manifest import upload_dir
 src, run_id = sys.argv[1:3]
 upload_dir(open_store("s3://t-reliability/two"), Path(src), run_prefix("tuned", run_id))
 """

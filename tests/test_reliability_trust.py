@@ -18,7 +18,8 @@ from cloudml.config import ModelConfig, load_config
 from cloudml.errors import DataError, StorageError
 from cloudml.model import CBHNet
 from cloudml.steps import run_ingest
-from cloudml.store.backends import S3Store, download_dir, open_store, upload_dir
+from cloudml.store.backends import S3Store, open_store
+from cloudml.store.manifest import download_dir, upload_dir
 from cloudml.store.resume import restore_stage_state, save_stage_state, state_prefix
 from cloudml.training.checkpoint import (
     checkpoint_sha256,

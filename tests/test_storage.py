@@ -13,18 +13,10 @@ import pytest
 import urllib3.exceptions
 
 from cloudml.errors import StorageError
-from cloudml.store import backends as storage
-from cloudml.store.backends import (
-    LocalStore,
-    RetryPolicy,
-    S3Store,
-    download_dir,
-    fetch_raw_flight,
-    open_store,
-    read_manifest,
-    upload_dir,
-    with_retries,
-)
+from cloudml.store import layout
+from cloudml.store.backends import LocalStore, S3Store, open_store
+from cloudml.store.manifest import download_dir, fetch_raw_flight, read_manifest, upload_dir
+from cloudml.store.retry import RetryPolicy, backoff_delays, with_retries
 from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 
 FAST = RetryPolicy(attempts=3, base_delay_s=0.05, max_delay_s=0.1, max_total_s=2.0)
@@ -188,8 +180,8 @@ def test_cli_upload_per_dir_campaign(tmp_path):
 # --- retries (pure) ----------------------------------------------------------------------------
 def test_backoff_is_exponential_and_capped():
     p = RetryPolicy(attempts=6, base_delay_s=0.5, max_delay_s=3.0)
-    assert storage.backoff_delays(p, jitter=lambda: 1.0) == [0.5, 1.0, 2.0, 3.0, 3.0]
-    assert storage.backoff_delays(p, jitter=lambda: 0.0) == [0.375, 0.75, 1.5, 2.25, 2.25]
+    assert backoff_delays(p, jitter=lambda: 1.0) == [0.5, 1.0, 2.0, 3.0, 3.0]
+    assert backoff_delays(p, jitter=lambda: 0.0) == [0.375, 0.75, 1.5, 2.25, 2.25]
 
 
 def test_with_retries_retries_transient_then_succeeds():
@@ -265,7 +257,7 @@ def test_open_store_dispatch(tmp_path, monkeypatch):
 def test_pipeline_root_names_the_platform_bucket():
     from cloudml.cluster.settings import MINIO_BUCKET
 
-    assert storage.DEFAULT_PIPELINE_ROOT == f"s3://{MINIO_BUCKET}/pipeline-root"
+    assert layout.DEFAULT_PIPELINE_ROOT == f"s3://{MINIO_BUCKET}/pipeline-root"
 
 
 def test_unreachable_endpoint_is_a_clear_error(tmp_path, monkeypatch):
@@ -425,7 +417,7 @@ def test_s3_corrupted_object_checksum_error(s3_server, tmp_path):
 @pytest.mark.servers
 def test_s3_server_stopped_mid_upload_retries_then_succeeds(s3_restartable, tmp_path, caplog):
     srv = s3_restartable
-    caplog.set_level(logging.WARNING, logger="cloudml.store.backends")
+    caplog.set_level(logging.WARNING, logger="cloudml.store.retry")
     policy = RetryPolicy(attempts=12, base_delay_s=0.3, max_delay_s=2.0, max_total_s=40.0)
     store = s3_store(srv, "t-restart", policy=policy)
     store.ensure_bucket()

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 from cloudml.errors import StorageError
-from cloudml.store.backends import (
-    Store,
+from cloudml.store.backends import Store
+from cloudml.store.manifest import (
     build_manifest,
     manifest_key,
     manifest_sha256,

@@ -31,7 +31,8 @@ from typing import Any
 
 from cloudml.errors import CloudMLError, StorageError
 from cloudml.fileio import sha256_file
-from cloudml.store.backends import Store, run_prefix
+from cloudml.store.backends import Store
+from cloudml.store.layout import run_prefix
 
 log = logging.getLogger(__name__)
 
