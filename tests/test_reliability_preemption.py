@@ -1,6 +1,6 @@
 """Preemption: a training task SIGKILLed mid-run and retried on a NEW pod (empty local disk)
 resumes from the state it synced to the artifact store and ends exactly where an uninterrupted
-run ends; a retried ingest redoes only the unfinished flights."""
+run ends."""
 
 from __future__ import annotations
 
@@ -15,20 +15,16 @@ import pytest
 import torch
 
 from cloudml.config import load_config
-from cloudml.data import ingest
 from cloudml.errors import StorageError
 from cloudml.store.backends import LocalStore, S3Store, open_store
 from cloudml.store.resume import (
-    ingest_or_reuse,
     read_state,
     restore_stage_state,
     save_stage_state,
-    shard_is_current,
     state_prefix,
     sync_on_epoch,
 )
 from cloudml.training.checkpoint import load_checkpoint
-from tests.support.rawfiles import flight_arrays, write_flight
 from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.train_fixtures import FAST, write_shards
 
@@ -195,31 +191,6 @@ def test_sync_survives_store_outage_with_a_warning_unless_strict(tmp_path, caplo
     assert "epoch 1 not saved" in caplog.text and "127.0.0.1:9" in caplog.text
     with pytest.raises(StorageError, match="unreachable"):
         sync_on_epoch(store, PREFIX, tmp_path / "a", strict=True)({"epoch": 1})
-
-
-# --- ingest retry -----------------------------------------------------------------------------
-def test_retried_ingest_redoes_only_unfinished_flights(tmp_path, monkeypatch):
-    raw, out = tmp_path / "raw", tmp_path / "shards"
-    for flight, seed in (("30Oct24", 0), ("04Nov24", 1)):
-        write_flight(raw, flight, flight_arrays(n_frames=20, seed=seed))
-    cfg = load_config("tuned", {"temporal_frames": 3})
-    ingest_or_reuse(raw, "30Oct24", out / "30Oct24.h5", cfg)  # finished before the kill
-    (out / ".04Nov24.h5.x.tmp").write_bytes(b"half")  # the killed task's leftover temp file
-    first = (out / "30Oct24.h5").stat().st_mtime_ns
-
-    calls = []
-    real = ingest.ingest_flight
-    monkeypatch.setattr(ingest, "ingest_flight", lambda *a: calls.append(a[1]) or real(*a))
-    summaries = {f: ingest_or_reuse(raw, f, out / f"{f}.h5", cfg) for f in ("30Oct24", "04Nov24")}
-    assert calls == ["04Nov24"]
-    assert summaries["30Oct24"]["reused"] and "reused" not in summaries["04Nov24"]
-    assert summaries["30Oct24"]["n_samples"] == 18
-    assert (out / "30Oct24.h5").stat().st_mtime_ns == first
-    # a changed setting or a changed raw file makes the shard stale
-    assert not shard_is_current(out / "30Oct24.h5", raw, "30Oct24", load_config("tuned"))
-    write_flight(raw, "30Oct24", flight_arrays(n_frames=20, seed=5))
-    assert not shard_is_current(out / "30Oct24.h5", raw, "30Oct24", cfg)
-    assert shard_is_current(out / "04Nov24.h5", raw, "04Nov24", cfg)
 
 
 def test_unreadable_local_last_pt_is_replaced_from_the_store(tmp_path, caplog):

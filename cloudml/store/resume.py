@@ -14,8 +14,8 @@ with their sha256 and size. state.json is the only mutable object and a single P
 a reader sees either the previous complete state or the new one; superseded folders are deleted
 afterwards. A restored file whose sha256 differs from state.json is refused.
 
-Ingest: `shard_is_current` says whether an existing shard was made from the same raw files
-(sha256) with the same preprocessing settings, so a retried ingest redoes only unfinished flights.
+Ingest needs no such help: each flight is its own KFP task, so a retry redoes only that flight,
+and KFP's cache (keyed on the raw-data fingerprint) reuses finished flights across re-runs.
 """
 
 from __future__ import annotations
@@ -202,54 +202,3 @@ def sync_on_epoch(
             inner(rec)
 
     return on_epoch
-
-
-# --- ingest -----------------------------------------------------------------------------------
-# settings that decide a shard's content and come from the config alone
-_SHARD_KEYS = (
-    "preprocess_version", "temporal_frames", "swath_slice", "flat_field_correction", "clahe_clip_limit",
-    "zscore_normalize", "filter_type", "cbh_range_km", "scale",
-)  # fmt: skip
-
-
-def shard_is_current(shard_path: str | Path, raw_dir: str | Path, flight: str, cfg: Any) -> bool:
-    """True when `shard_path` is a complete shard of `flight` made from the raw files now in
-    raw_dir (same sha256) with cfg's preprocessing settings; reading attributes only."""
-    import h5py
-
-    from cloudml.data.ingest import preprocessing_settings, resolve_files
-
-    shard_path = Path(shard_path)
-    if not shard_path.is_file():
-        return False
-    try:
-        with h5py.File(shard_path, "r") as f:
-            if str(f.attrs.get("flight", "")) != flight or "frame_table" not in f:
-                return False
-            stored_cfg = json.loads(f.attrs.get("config", "{}"))
-            stored_sha = json.loads(f.attrs.get("raw_sha256", "{}"))
-    except (OSError, ValueError):
-        return False  # unreadable: ingest again (write_shard replaces it atomically)
-    want = preprocessing_settings(cfg, 1, (0, 0))
-    if any(stored_cfg.get(k) != want[k] for k in _SHARD_KEYS):
-        return False
-    try:
-        files = resolve_files(Path(raw_dir), flight)
-    except CloudMLError:
-        return False
-    return stored_sha == {p.name: sha256_file(p) for p in files}
-
-
-def ingest_or_reuse(raw_dir: Path, flight: str, out_path: Path, cfg: Any) -> dict[str, Any]:
-    """ingest_flight unless a current shard is already at out_path (a retried task)."""
-    import h5py
-
-    from cloudml.data.ingest import ingest_flight
-
-    if shard_is_current(out_path, raw_dir, flight, cfg):
-        with h5py.File(out_path, "r") as f:
-            summary = json.loads(f.attrs.get("summary", "{}"))
-        summary.update(out_path=str(out_path), reused=True)
-        log.info("ingest %s: reusing finished shard %s", flight, out_path)
-        return summary
-    return ingest_flight(Path(raw_dir), flight, Path(out_path), cfg)
