@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 def _plots(
     out_dir: Path, y: np.ndarray, p: np.ndarray, histories: dict[str, list[dict]], m: dict
 ) -> None:
+    """pred_vs_true.png, residuals.png and learning_curves.png (one panel per stage)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,6 +123,7 @@ def evaluate(
 
 
 def _parse_history(items: list[str]) -> dict[str, Path]:
+    """{stage: history.json path} from --history NAME=PATH items."""
     out = {}
     for item in items:
         name, sep, path = item.partition("=")
@@ -132,6 +134,7 @@ def _parse_history(items: list[str]) -> dict[str, Path]:
 
 
 def _cmd(args: argparse.Namespace) -> int:
+    """Evaluate args.checkpoint on the shard args.shard; print the metrics."""
     cfg = config_from_args(args)
     m = evaluate(
         Path(args.shard), Path(args.checkpoint), cfg, Path(args.out), _parse_history(args.history)
@@ -141,6 +144,7 @@ def _cmd(args: argparse.Namespace) -> int:
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
+    """The `evaluate` subcommand."""
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on the validation flight")
     p.add_argument("--shard", action="append", required=True, metavar="FILE",
                    help="shard(s); only the validation flight's is used")  # fmt: skip

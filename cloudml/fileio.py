@@ -52,6 +52,7 @@ def write_json(path: str | Path, obj: Any, *, end: str = "\n", **dumps_options: 
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

@@ -188,7 +188,7 @@ def sync_on_epoch(
     inner: Callable[[dict], None] | None = None,
     strict: bool = False,
 ) -> Callable[[dict], None]:
-    """An on_epoch callback: save the stage state (train.fit writes last.pt before calling it),
+    """An on_epoch callback: save the stage state (training.loop.fit writes last.pt before calling it),
     then call `inner`. A store outage costs only the sync (one warning) unless `strict`."""
 
     def on_epoch(rec: dict) -> None:

@@ -52,6 +52,7 @@ class Pool:
         return [(self.flights[self.flight_code[i]], int(self.local_idx[i])) for i in idx]
 
     def of_flight(self, flight: str) -> np.ndarray:
+        """Sample indices of `flight`."""
         return np.flatnonzero(self.flight_code == self.flights.index(flight))
 
 
