@@ -14,6 +14,8 @@ COPY images/constraints.txt /tmp/constraints.txt
 RUN pip install --no-cache-dir "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md /src/
 COPY cloudml /src/cloudml
+COPY components /src/components
+COPY pipelines /src/pipelines
 RUN pip install --no-cache-dir -c /tmp/constraints.txt /src \
     && python -c "import cloudml, kfp, torch; assert torch.__version__.startswith('${TORCH_VERSION}')"
 

@@ -11,7 +11,7 @@ Placement: pretrain/finetune/evaluate request one nvidia.com/gpu and carry the G
 node selector and toleration (cloudml.cluster.settings.gpu_pool(), CLOUDML_GPU_* env overrides at
 compile time); resolve-config, ingest, gate and promote run on CPU with CPU/memory requests.
 Credentials reach tasks only as env from the MinIO Secret; settings from the cloudml-settings
-ConfigMap. Compile: `python pipelines/training.py tuned OUT.yaml` or `cloudml compile`.
+ConfigMap. Compile: `python -m pipelines.training tuned OUT.yaml` or `cloudml compile`.
 """
 
 from __future__ import annotations
@@ -22,22 +22,19 @@ import typing
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python pipelines/training.py`: import from the repo root
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from kfp import dsl, kubernetes
 
-from kfp import dsl, kubernetes  # noqa: E402
-
-from cloudml.cluster import settings as platform  # noqa: E402
-from cloudml.config import SECTIONS, load_config  # noqa: E402
-from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD  # noqa: E402
-from components.config import resolve_config  # noqa: E402
-from components.evaluate import evaluate  # noqa: E402
-from components.finetune import finetune  # noqa: E402
-from components.fingerprint import fingerprint  # noqa: E402
-from components.gate import gate  # noqa: E402
-from components.ingest import ingest  # noqa: E402
-from components.pretrain import pretrain  # noqa: E402
-from components.promote import promote  # noqa: E402
+from cloudml.cluster import settings as platform
+from cloudml.config import SECTIONS, load_config
+from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD
+from components.config import resolve_config
+from components.evaluate import evaluate
+from components.finetune import finetune
+from components.fingerprint import fingerprint
+from components.gate import gate
+from components.ingest import ingest
+from components.pretrain import pretrain
+from components.promote import promote
 
 # Non-secret settings in the cloudml-settings ConfigMap, exposed under the same env names.
 SETTINGS_KEYS = (
@@ -103,20 +100,22 @@ def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None:
-    """The DAG; `p` maps parameter names to pipeline channels; `retry` None = no retries."""
-    config_keys = [k for k in p if k not in EXTRA_PARAMS]
+def _retried(task: dsl.PipelineTask, retry: dict[str, Any] | None) -> dsl.PipelineTask:
+    """The task with the retry policy `retry` (RETRY's keys); None leaves it unretried."""
+    return task.set_retry(**retry) if retry else task
 
-    def resolved() -> dsl.PipelineTask:
-        task = resolve_config(preset=preset, **{k: p[k] for k in config_keys})
-        return _on_cpu(task.set_display_name("resolve-config"), SMALL_TASK)
 
-    def retried(task: dsl.PipelineTask) -> dsl.PipelineTask:
-        return task.set_retry(**retry) if retry else task
+def _resolved_config(preset: str, p: dict[str, Any]) -> dsl.PipelineTask:
+    """A resolve-config task over the config parameters in `p` (pipeline channels)."""
+    task = resolve_config(preset=preset, **{k: v for k, v in p.items() if k not in EXTRA_PARAMS})
+    return _on_cpu(task.set_display_name("resolve-config"), SMALL_TASK)
 
-    cfg = resolved()
-    config_json = cfg.output
 
+def _ingest_flights(
+    preset: str, p: dict[str, Any], cfg: dsl.PipelineTask, retry: dict[str, Any] | None
+) -> dsl.PipelineTask:
+    """The fan-out: fingerprint + ingest per flight, after `cfg`; returns the ingest task
+    (its `shard` outputs are collected by the caller)."""
     # Fan-out: one ingest per flight. Caching: ingest's real input is external data
     # (raw_uri/<flight>/) that KFP's cache key cannot see, so an uncached fingerprint task
     # hashes it first (on MinIO: the sha256 of the flight's stored manifest, no download) and
@@ -128,7 +127,7 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
     # create_parameter_loop_iteration_task_spec), which would hand ingest a flight name as
     # its config. `.after(cfg)` keeps the up-front validation ordering.
     with dsl.ParallelFor(p["flights"]) as flight:
-        cfg_in_loop = resolved().after(cfg)
+        cfg_in_loop = _resolved_config(preset, p).after(cfg)
         fp = fingerprint(raw_uri=p["raw_uri"], flight=flight).after(cfg)
         _with_env(
             _on_cpu(fp.set_display_name("fingerprint").set_caching_options(False), SMALL_TASK)
@@ -140,14 +139,23 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
             raw_fingerprint=fp.output,
         )
         ing.set_display_name("ingest")
-        _with_env(_on_cpu(retried(ing), CPU_TASK))
+        _with_env(_on_cpu(_retried(ing, retry), CPU_TASK))
+    return ing
+
+
+def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None:
+    """The DAG; `p` maps parameter names to pipeline channels; `retry` None = no retries."""
+
+    cfg = _resolved_config(preset, p)
+    config_json = cfg.output
+    ing = _ingest_flights(preset, p, cfg, retry)
 
     def shards() -> dsl.Collected:
         # one Collected per consumer: the compiler resolves each use separately
         return dsl.Collected(ing.outputs["shard"])
 
     pre = pretrain(shards=shards(), config_json=config_json, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-    _with_env(_on_gpu(retried(pre.set_display_name("pretrain"))))
+    _with_env(_on_gpu(_retried(pre.set_display_name("pretrain"), retry)))
 
     fin = finetune(
         shards=shards(),
@@ -155,7 +163,7 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
         pretrained=pre.outputs["model"],
         run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
-    _with_env(_on_gpu(retried(fin.set_display_name("finetune"))))
+    _with_env(_on_gpu(_retried(fin.set_display_name("finetune"), retry)))
 
     ev = evaluate(
         shards=shards(),
@@ -165,7 +173,7 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
         threshold=p["threshold"],
         min_std_ratio=p["min_std_ratio"],
     )
-    _with_env(_on_gpu(retried(ev.set_display_name("evaluate"))))
+    _with_env(_on_gpu(_retried(ev.set_display_name("evaluate"), retry)))
 
     # No retry: a failed gate is a verdict, not a transient fault.
     g = gate(
@@ -185,10 +193,11 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
         r2=ev.outputs["r2"],
     ).after(g)  # fmt: skip
     pr.set_display_name("promote").set_caching_options(False)
-    _with_env(_on_cpu(retried(pr), SMALL_TASK))
+    _with_env(_on_cpu(_retried(pr, retry), SMALL_TASK))
 
 
 def pipeline_name(preset: str) -> str:
+    """The pipeline's name on Kubeflow (and the prefix of its versions and runs)."""
     return f"cloudml-{preset}"
 
 
@@ -218,11 +227,13 @@ def build_pipeline(preset: str = "tuned", retries: bool = True):
 
 
 def compile_pipeline(preset: str, out: Path) -> Path:
-    """Compile `preset`'s pipeline to YAML at `out` (written atomically)."""
+    """Compile `preset`'s pipeline to YAML at `out` (written atomically); an unknown preset
+    or a bad value raises ConfigError (listing the known presets) before anything is written."""
     from kfp import compiler
 
     from cloudml.fileio import atomic_path
 
+    load_config(preset)  # validates the preset name and values first
     out = Path(out)
     with atomic_path(out) as tmp:
         yaml_tmp = tmp.with_suffix(".yaml")
@@ -231,7 +242,7 @@ def compile_pipeline(preset: str, out: Path) -> Path:
     return out
 
 
-if __name__ == "__main__":  # python pipelines/training.py [preset] [out.yaml]
+if __name__ == "__main__":  # python -m pipelines.training [preset] [out.yaml]
     name = sys.argv[1] if len(sys.argv) > 1 else "tuned"
     dest = Path(sys.argv[2] if len(sys.argv) > 2 else f"build/pipelines/{name}.yaml")
     print(compile_pipeline(name, dest))

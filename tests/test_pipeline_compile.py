@@ -12,9 +12,9 @@ import pytest
 import yaml
 
 from cloudml.cluster import settings as platform
-from cloudml.cluster.submit import compile_pipeline
 from cloudml.config import Config, load_config, preset_names
 from cloudml.flights import FLIGHT_NAMES
+from pipelines.training import compile_pipeline
 
 MARKER = "s3cr3t-marker-7f1c"
 GPU_TASKS = ("pretrain", "finetune", "evaluate")
@@ -225,14 +225,17 @@ def test_unknown_preset_is_a_clear_error(tmp_path):
 
 
 def test_pipeline_file_compiles_itself(tmp_path):
+    """`python -m pipelines.training PRESET OUT` from outside the checkout: the installed
+    package compiles without any sys.path help."""
     import subprocess
 
     out = tmp_path / "b.yaml"
     subprocess.run(
-        [sys.executable, str(REPO / "pipelines" / "training.py"), "baseline", str(out)],
+        [sys.executable, "-m", "pipelines.training", "baseline", str(out)],
         check=True,
         capture_output=True,
         timeout=120,
+        cwd=tmp_path,
     )
     spec, _ = yaml.safe_load_all(out.read_text())
     assert spec["pipelineInfo"]["name"] == "cloudml-baseline"

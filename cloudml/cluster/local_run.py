@@ -30,7 +30,12 @@ from typing import Any
 from cloudml.config import Config, load_config, parse_overrides
 from cloudml.errors import CloudMLError, GateFailed
 from cloudml.fileio import atomic_path
-from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD, gate_verdict
+from cloudml.gate import (
+    DEFAULT_MIN_STD_RATIO,
+    DEFAULT_THRESHOLD,
+    GateVerdict,
+    verdict_from_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -173,10 +178,6 @@ def run_local(
 ) -> LocalRunResult:
     """Run the pipeline locally; returns the result (gate verdict included, never raises on
     a failed gate). Other task failures raise CloudMLError naming the task."""
-    from kfp import local
-
-    from cloudml.cluster.submit import _training_module
-
     values = parse_overrides(overrides)
     values.setdefault("scale", scale)
     cfg = load_config(pipeline, values)  # every problem listed before anything runs
@@ -192,25 +193,8 @@ def run_local(
 
     # Stage state and the local champion live in a directory store unless one is configured.
     os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
-    graph = _training_module().build_pipeline(pipeline, retries=False)
-    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    print(
-        f"[cloudml] running pipeline cloudml-{pipeline} on KFP's local runner (scale {cfg.data.scale})"
-    )
-    t0 = time.perf_counter()
-    failed: str | None = None
-    # KFP's local runner swaps builtins.print for an indenting wrapper while a task runs
-    # (kfp.local.logging_utils.indented_print) and, when a task fails with raise_on_error,
-    # leaves it installed: every later print of this process came out indented (found by
-    # tests/test_preflight.py parsing a report after the gate-failure test). Put it back.
-    real_print = builtins.print
-    try:
-        graph(**pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio))
-    except RuntimeError as e:
-        failed = _failed_task(str(e))
-    finally:
-        builtins.print = real_print
-    wall = time.perf_counter() - t0
+    arguments = pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio)
+    failed, wall = _execute(pipeline, cfg.data.scale, root, arguments)
 
     outputs = find_outputs(root)
     if "evaluation" not in outputs:
@@ -222,17 +206,8 @@ def run_local(
     metrics = json.loads((ev / "metrics.json").read_text())
     stages = json.loads((ev / "stages.json").read_text()) if (ev / "stages.json").is_file() else {}
     stages["total"] = wall
-    verdict = gate_verdict(
-        float(metrics["r2"]), float(metrics["std_ratio"]), threshold, min_std_ratio,
-        str(metrics.get("flight", cfg.data.validation_flight)),
-    )  # fmt: skip
-    if failed not in (None, "gate"):
-        raise CloudMLError(f"local run {name}: task '{failed}' failed (artifacts under {root})")
-    if (failed == "gate") == verdict.passed:
-        raise CloudMLError(
-            f"local run {name}: the gate task {'failed' if failed else 'passed'} but the "
-            f"metrics say {verdict.message}"
-        )
+    verdict = verdict_from_metrics(metrics, threshold, min_std_ratio, cfg.data.validation_flight)
+    _check_failures(name, root, failed, verdict)
     record = {
         **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
         "flight": verdict.flight,
@@ -251,9 +226,49 @@ def run_local(
     return LocalRunResult(run_dir, metrics, verdict.passed, verdict.message, stages)
 
 
+def _execute(
+    pipeline: str, scale: str, root: Path, arguments: dict[str, Any]
+) -> tuple[str | None, float]:
+    """Run the pipeline graph (no retries) on kfp.local's SubprocessRunner with artifacts
+    under `root`; returns (the failed task's name or None, wall seconds)."""
+    from kfp import local
+
+    from pipelines.training import build_pipeline
+
+    graph = build_pipeline(pipeline, retries=False)
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    print(f"[cloudml] running pipeline cloudml-{pipeline} on KFP's local runner (scale {scale})")
+    t0 = time.perf_counter()
+    failed: str | None = None
+    # KFP's local runner swaps builtins.print for an indenting wrapper while a task runs
+    # (kfp.local.logging_utils.indented_print) and, when a task fails with raise_on_error,
+    # leaves it installed: every later print of this process came out indented (found by
+    # tests/test_preflight.py parsing a report after the gate-failure test). Put it back.
+    real_print = builtins.print
+    try:
+        graph(**arguments)
+    except RuntimeError as e:
+        failed = _failed_task(str(e))
+    finally:
+        builtins.print = real_print
+    return failed, time.perf_counter() - t0
+
+
+def _check_failures(name: str, root: Path, failed: str | None, verdict: GateVerdict) -> None:
+    """Raise CloudMLError unless the run's only failed task, if any, is a gate that the
+    metrics fail too (a gate task that disagrees with the metrics is a bug to report)."""
+    if failed not in (None, "gate"):
+        raise CloudMLError(f"local run {name}: task '{failed}' failed (artifacts under {root})")
+    if (failed == "gate") == verdict.passed:
+        raise CloudMLError(
+            f"local run {name}: the gate task {'failed' if failed else 'passed'} but the "
+            f"metrics say {verdict.message}"
+        )
+
+
 def _store_location(run_name: str, pipeline: str) -> str:
     """Where the run folder is mirrored: <CLOUDML_STORE>/runs/<pipeline>/<run name>."""
-    from cloudml.store.layout import run_prefix
+    from cloudml.store.backends import run_prefix
 
     return f"{os.environ['CLOUDML_STORE'].rstrip('/')}/{run_prefix(pipeline, run_name)}"
 
@@ -261,9 +276,7 @@ def _store_location(run_name: str, pipeline: str) -> str:
 def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
     """Mirror the run folder into the store with a sha256 manifest written last (a prefix
     with a manifest is complete). The local folder stays whatever happens."""
-    from cloudml.store.backends import open_store
-    from cloudml.store.layout import run_prefix
-    from cloudml.store.manifest import upload_dir
+    from cloudml.store.backends import open_store, run_prefix, upload_dir
 
     prefix = run_prefix(pipeline, run_name)
     upload_dir(open_store(), run_dir, prefix)

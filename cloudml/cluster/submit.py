@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import importlib
 import json
 import logging
 import os
 import re
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -30,35 +28,16 @@ from cloudml import __version__
 from cloudml.cluster import settings as platform
 from cloudml.config import load_config, parse_overrides, preset_names
 from cloudml.errors import CloudMLError, ConfigError
+from pipelines.training import compile_pipeline, pipeline_name
 
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "cloudml"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 
 class KfpError(CloudMLError):
     """The Kubeflow Pipelines endpoint is missing, unreachable or rejected a request."""
-
-
-# --- pipeline module -----------------------------------------------------------------------
-def _training_module():
-    """pipelines.training, importable from the checkout (components/ and pipelines/ live at
-    the repository root, beside the cloudml package)."""
-    if str(REPO_ROOT) not in sys.path:
-        sys.path.insert(0, str(REPO_ROOT))
-    return importlib.import_module("pipelines.training")
-
-
-def pipeline_name(preset: str) -> str:
-    return f"cloudml-{preset}"
-
-
-def compile_pipeline(preset: str, out: Path) -> Path:
-    """Compile the preset's pipeline to `out`; unknown presets list the known ones."""
-    load_config(preset)  # validates the preset name and values first
-    return _training_module().compile_pipeline(preset, Path(out))
 
 
 # --- pure request builders -----------------------------------------------------------------
