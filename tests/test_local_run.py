@@ -177,7 +177,8 @@ def test_cluster_ingest_path_reads_raw_from_s3(s3_env, tmp_path):
     import shutil
 
     from cloudml.steps import raw_fingerprint, resolve_config_json, run_ingest
-    from cloudml.store.backends import manifest_sha256, open_store, upload_dir
+    from cloudml.store.backends import open_store
+    from cloudml.store.manifest import manifest_sha256, upload_dir
 
     local = tmp_path / "campaign"
     ensure_campaign(local, ("12Feb25",), "local")
@@ -216,7 +217,8 @@ def test_local_run_with_s3_store_and_pushgateway(
     (SeaweedFS) and PUSHGATEWAY_URL on a real Pushgateway scraped by a real Prometheus:
     every object of the run verifies against its manifest, the champion pointer names a
     complete version, and PromQL returns the run's R² with the pipeline and stage labels."""
-    from cloudml.store.backends import download_dir, open_store, read_manifest
+    from cloudml.store.backends import open_store
+    from cloudml.store.manifest import download_dir, read_manifest
     from tests.support.servers import wait_for_query
 
     store = open_store("s3://t-e2e-run/cloudml")

@@ -268,7 +268,7 @@ def _check_failures(name: str, root: Path, failed: str | None, verdict: GateVerd
 
 def _store_location(run_name: str, pipeline: str) -> str:
     """Where the run folder is mirrored: <CLOUDML_STORE>/runs/<pipeline>/<run name>."""
-    from cloudml.store.backends import run_prefix
+    from cloudml.store.layout import run_prefix
 
     return f"{os.environ['CLOUDML_STORE'].rstrip('/')}/{run_prefix(pipeline, run_name)}"
 
@@ -276,7 +276,9 @@ def _store_location(run_name: str, pipeline: str) -> str:
 def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
     """Mirror the run folder into the store with a sha256 manifest written last (a prefix
     with a manifest is complete). The local folder stays whatever happens."""
-    from cloudml.store.backends import open_store, run_prefix, upload_dir
+    from cloudml.store.backends import open_store
+    from cloudml.store.layout import run_prefix
+    from cloudml.store.manifest import upload_dir
 
     prefix = run_prefix(pipeline, run_name)
     upload_dir(open_store(), run_dir, prefix)
