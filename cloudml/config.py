@@ -245,13 +245,9 @@ def validate(cfg: Config) -> list[str]:
         )
     if not t.learning_rate > 0:
         p.append(f"learning_rate: must be > 0, got {t.learning_rate}")
-    for key in (
-        "warmup_steps",
-        "plateau_patience",
-        "weight_decay",
-        "early_stopping_min_delta",
-        "grad_clip",
-    ):
+    non_negative = ("warmup_steps", "plateau_patience", "weight_decay",
+                    "early_stopping_min_delta", "grad_clip")  # fmt: skip
+    for key in non_negative:
         if getattr(t, key) < 0:
             p.append(f"{key}: must be >= 0, got {getattr(t, key)}")
     if t.epochs < 1:
