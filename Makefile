@@ -15,7 +15,7 @@ export CLOUDML_REGISTRY ?= $(REGISTRY)
 export CLOUDML_TAG ?= $(TAG)
 
 # jemalloc keeps freed activations mapped instead of faulting them back every step
-# (DESIGN §3: 2.5x faster CPU training). Used when the library is present.
+# (2.5x faster CPU training; docs/physics.md, 'Defects of the research code'). Used when present.
 JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
 ifneq ($(JEMALLOC),)
 RUN_ENV := LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
