@@ -20,7 +20,7 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt /src \
     && python -c "import cloudml, kfp, torch; assert torch.__version__.startswith('${TORCH_VERSION}')"
 
 FROM ${PYTHON_IMAGE}
-# jemalloc (DESIGN §3): freed activations stay mapped instead of being faulted back in.
+# jemalloc (docs/physics.md, 'Defects of the research code'): freed activations stay mapped instead of being faulted back in.
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjemalloc2 \

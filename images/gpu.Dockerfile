@@ -26,7 +26,7 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt /src \
 
 FROM ${CUDA_BASE}
 ENV DEBIAN_FRONTEND=noninteractive
-# python3 for the venv copied below; jemalloc as in DESIGN §3 (2.5x on the research code)
+# python3 for the venv copied below; jemalloc as in docs/physics.md, 'Defects of the research code' (2.5x on it)
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 libjemalloc2 \
