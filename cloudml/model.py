@@ -1,5 +1,6 @@
-"""The research network (DESIGN §5): per-frame CNN with spatial attention and FiLM from the
-sun geometry, temporal attention across frames, a small regression head. No I/O here.
+"""The research network (docs/physics.md, 'The model'): per-frame CNN with spatial attention
+and FiLM from the sun geometry, temporal attention across frames, a small regression head.
+No I/O here.
 
     net = CBHNet(cfg.model, temporal_frames=5)
     y = net(frames, scalars)  # (B, T, H, W), (B, N_SCALARS) -> (B,) standardised CBH
@@ -160,7 +161,7 @@ def frozen_bn_stats(module: nn.Module) -> Iterator[None]:
 def encode_per_frame_index(
     encoder: FrameEncoder, frames: torch.Tensor, scalars: torch.Tensor
 ) -> torch.Tensor:
-    """Gradient-checkpointed encoding, one chunk per frame index t (DESIGN §5 per-frame):
+    """Gradient-checkpointed encoding, one chunk per frame index t (docs/physics.md, 'The model'):
     (B, T, H, W), (B, S) -> (B, T, C3).
 
     Each chunk (the B frames at index t) runs the whole encoder under one checkpoint, so
