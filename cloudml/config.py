@@ -22,7 +22,7 @@ import yaml
 from cloudml.errors import ConfigError
 from cloudml.flights import FLIGHT_NAMES
 
-# cbh label range per filter_type, km (DESIGN §2)
+# cbh label range per filter_type, km (docs/physics.md, 'Label rules')
 CBH_RANGES_KM: dict[str, tuple[float, float]] = {"basic": (0.1, 2.0), "practical": (0.05, 2.5)}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 SCALES = ("local", "full")
@@ -58,7 +58,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """The research network (DESIGN §5)."""
+    """The research network (docs/physics.md, 'The model')."""
 
     memory_optimized: bool = False  # 32/64/128 channels instead of 64/128/256
     use_spatial_attention: bool = True
@@ -72,7 +72,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, schedule, early stopping (DESIGN §6)."""
+    """Optimisation, schedule, early stopping (docs/architecture.md, 'Training procedure')."""
 
     learning_rate: float = 0.0005
     warmup_steps: int = 500  # optimizer steps
