@@ -1,5 +1,6 @@
-"""The training loop (DESIGN §6): warm-up, plateau schedule, early stopping, EMA weights,
-BatchNorm re-estimation, per-epoch checkpoints and exact resume (cloudml.training.state).
+"""The training loop (docs/architecture.md, 'Training procedure'): warm-up, plateau schedule,
+early stopping, EMA weights, BatchNorm re-estimation, per-epoch checkpoints and exact resume
+(cloudml.training.state).
 
     state = fit(stage="pretrain", net=net, pool=pool, train_idx=tr, val_idx=va, weights=None,
                 scalers=scalers, cfg=cfg, out_dir=Path("out/pretrain"), base=base)
