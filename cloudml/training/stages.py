@@ -1,4 +1,5 @@
-"""Pretrain and finetune stages (DESIGN §6): pick the samples, build the model, fit, summarise.
+"""Pretrain and finetune stages (docs/architecture.md, 'Training procedure'): pick the
+samples, build the model, fit, summarise.
 
     summary = pretrain({"30Oct24": Path("30Oct24.h5")}, cfg, Path("out/pretrain"))
     summary = finetune(shards, cfg, Path("out/pretrain/model.pt"), Path("out/finetune"))
