@@ -6,7 +6,7 @@ runner, `cloudml gate` and the KFP gate task all reach the same decision.
 verdict, which makes the gate task exit non-zero and the run show as failed in the Kubeflow
 UI and in Prometheus (`enforce_gate` = gate_verdict(...).enforce()).
 
-Two checks (DESIGN §1, §6):
+Two checks (docs/architecture.md, 'Data flow' and 'Training procedure'):
 - R² > threshold (default 0.3), strictly: R² == threshold fails.
 - prediction/target std ratio >= min_std_ratio (default 0.1): a collapsed model that
   predicts near-constant values can still post a small positive R² on a low-variance
