@@ -1,5 +1,6 @@
-"""Evaluate a checkpoint on the validation flight only (DESIGN §6): metrics.json,
-predictions.csv and PNG plots (pred vs true, residuals, learning curves of both stages).
+"""Evaluate a checkpoint on the validation flight only (docs/architecture.md, 'Data flow'):
+metrics.json, predictions.csv and PNG plots (pred vs true, residuals, learning curves of both
+stages).
 
     metrics = evaluate(Path("12Feb25.h5"), Path("finetune/model.pt"), cfg, Path("eval"),
                        {"pretrain": Path("pretrain/history.json"), "finetune": ...})
