@@ -1,4 +1,7 @@
-"""The six flights of the campaign and their raw file names (DESIGN §2)."""
+"""The six flights of the campaign and their raw file names.
+
+Their files and datasets: docs/physics.md, 'Raw flight files'.
+"""
 
 from __future__ import annotations
 
