@@ -1,4 +1,5 @@
-"""Prometheus metrics for batch stages, pushed to a Pushgateway (DESIGN §9).
+"""Prometheus metrics for batch stages, pushed to a Pushgateway (docs/storage-and-metrics.md,
+sections 3 and 6).
 
     tel = Telemetry("tuned", "evaluate")          # url from $PUSHGATEWAY_URL
     tel.evaluation({"r2": 0.41, "mae_km": 0.2, ...})
