@@ -1,10 +1,10 @@
 """Readers for one flight's raw HDF5 files (IRAI L1B images, CPL L2 layers, nav).
 
-Every reader first checks its file against the layout of DESIGN §2 (datasets present,
-ranks, numeric dtypes, lengths that must agree, finite and ordered time stamps) and only
-then reads. Any violation is a DataError naming the file, the HDF5 dataset path and what
-was expected. Bad *pixels* are not fatal: a frame holding NaN/Inf or the sensor fill is
-flagged in `bad` and the windows touching it are dropped later (reason "bad_frame").
+Every reader first checks its file against the layout in docs/physics.md, 'Raw flight files'
+(datasets present, ranks, numeric dtypes, lengths that must agree, finite and ordered time
+stamps) and only then reads. Any violation is a DataError naming the file, the HDF5 dataset
+path and what was expected. Bad *pixels* are not fatal: a frame holding NaN/Inf or the sensor
+fill is flagged in `bad` and the windows touching it are dropped later (reason "bad_frame").
 """
 
 from __future__ import annotations
