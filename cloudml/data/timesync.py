@@ -1,4 +1,5 @@
-"""CPL profile times, the label filter and nearest-frame matching (DESIGN §2). Pure, vectorised.
+"""CPL profile times, the label filter and nearest-frame matching. Pure, vectorised.
+The rules: docs/physics.md, 'Raw flight files' (time) and 'Label rules'.
 
 Every CPL profile ends up either kept (one sample) or dropped for exactly one reason, the
 first that applies in REASONS order, so the counts add up to the number of profiles.
