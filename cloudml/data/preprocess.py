@@ -1,4 +1,5 @@
-"""Frame preprocessing applied once per flight at ingest (DESIGN §3). Pure array functions.
+"""Frame preprocessing applied once per flight at ingest (docs/physics.md, 'Preprocessing').
+Pure array functions.
 
 Order: (scale=local) area-average binning -> swath slice -> flat field (vignetting and
 column striping) -> per-frame median rescale -> per frame min-max to [0, 1] -> CLAHE ->
