@@ -1,4 +1,5 @@
-"""Ingest one flight: raw IRAI/CPL/nav files -> one processed shard (DESIGN §2-§3).
+"""Ingest one flight: raw IRAI/CPL/nav files -> one processed shard (docs/physics.md,
+'Raw flight files' to 'Preprocessing').
 
     cloudml ingest --raw data/raw --flight 30Oct24 --out build/shards/30Oct24.h5 --scale local
 
