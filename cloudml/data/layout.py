@@ -1,4 +1,5 @@
-"""The instruments' raw HDF5 layout (DESIGN §2): dataset paths, and writers for it.
+"""The instruments' raw HDF5 layout (docs/physics.md, 'Raw flight files'): dataset paths, and
+writers for it.
 
 Readers (cloudml.data.raw) check files against these paths; the synthetic campaign
 (cloudml.data.synth) and the tests write files through the writers below, so both sides
