@@ -1,4 +1,5 @@
-"""Physical scene simulator: the six campaign flights in the instruments' raw layout (DESIGN §4).
+"""Physical scene simulator: the six campaign flights in the instruments' raw layout
+(docs/physics.md, 'The synthetic campaign').
 
 The label is never painted into pixels. A ground scene (ocean temperature field, broken
 boundary-layer cloud with optical depth, cloud base/top heights that drift along the track)
