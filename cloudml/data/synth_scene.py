@@ -308,7 +308,8 @@ def lidar_profiles(
     dem = np.interp(prow, grid.idx, dem_g).astype(np.float32)
     dem = np.where(dem > 0, np.round(dem + rng.normal(0, 5.0, m)), 0.0)  # m; exact 0 at sea
     # m; the sea surface stays within +-0.9 so the ocean rule holds whether the 0.9 threshold
-    # is read as km (DESIGN) or, as the research code did, against the raw metres
+    # is read as km (docs/physics.md, 'Label rules') or, as the research code did, against the
+    # raw metres
     sea = np.clip(rng.normal(0.0, 0.3, m), -0.85, 0.85)
     lidar = np.where(dem > 0, dem + rng.normal(0.0, 8.0, m), sea)
     lost = (tau_nadir > CPL_ATTENUATED_TAU) & (rng.random(m) < CPL_NO_SURFACE_P)
