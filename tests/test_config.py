@@ -6,7 +6,7 @@ from cloudml.cli import main
 from cloudml.config import load_config, preset_names
 from cloudml.errors import ConfigError
 
-# DESIGN §6, key by key: (baseline, tuned)
+# docs/architecture.md, 'Training procedure' (the presets table), key by key: (baseline, tuned)
 TABLE = {
     "learning_rate": (0.001, 0.0005),
     "warmup_steps": (2000, 500),
