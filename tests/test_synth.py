@@ -1,8 +1,9 @@
 """The synthetic campaign: determinism, raw layout, geometry of the scene model, and honesty.
 
-Honesty (DESIGN §4): the label must be recoverable only through physics. On the default local
-campaign, a constant and a linear fit on global frame statistics both fail on 12Feb25, while a
-simple shadow-geometry estimator (no learning beyond a two-number calibration) succeeds.
+Honesty (docs/physics.md, 'The synthetic campaign'): the label must be recoverable only
+through physics. On the default local campaign, a constant and a linear fit on global frame
+statistics both fail on 12Feb25, while a simple shadow-geometry estimator (no learning beyond
+a two-number calibration) succeeds.
 """
 
 from __future__ import annotations
