@@ -1,4 +1,5 @@
-"""images/: hadolint passes, the pins and runtime settings DESIGN §3/§7 ask for are there,
+"""images/: hadolint passes, the pins and runtime settings docs/pipeline.md ('Contract') and
+docs/physics.md ('Defects of the research code': jemalloc) ask for are there,
 and build.sh pushes both images under the names cloudml/cluster/settings.py compiles against."""
 
 from __future__ import annotations
