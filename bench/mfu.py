@@ -33,7 +33,8 @@ def linear_flops(d_in: int, d_out: int) -> int:
 
 
 def analytic_forward_flops(cfg: ModelConfig, frames: int, h: int, w: int) -> int:
-    """Forward FLOPs of one sample (T frames of h x w) from the architecture (DESIGN §5).
+    """Forward FLOPs of one sample (T frames of h x w) from the architecture
+    (docs/physics.md, 'The model').
 
     Counts what FlopCounterMode counts: convolutions and matmuls (2 per MAC); elementwise,
     BatchNorm, pooling and softmax are left out (a few % of the total, memory-bound anyway).
