@@ -5,7 +5,8 @@
 Both loaders deliver augmented (B=20, T=5, 440, 640) batches of the same full-size flight:
 - production (cloudml.training.data): the shard is read once into memory; a batch is one
   gather `frames[index[batch]]` plus float-space augmentation;
-- reread (DESIGN §3, the research design): for every sample, reopen the raw IRAI HDF5 file,
+- reread (the research design; docs/physics.md, 'Preprocessing'):
+  for every sample, reopen the raw IRAI HDF5 file,
   read the T frames, swath-slice, flat-field, min-max, CLAHE, z-score — every time. Its flat
   is fitted once up front (in its favour), with exactly ingest's arithmetic, so both loaders
   give bit-identical tensors (tests/test_bench.py).
