@@ -119,8 +119,9 @@ def loader_lines(ld: dict[str, Any], tr: dict[str, Any]) -> list[str]:
         f"frames of {'x'.join(map(str, li.get('frame_shape') or [440, 640]))} from the same "
         f"full-size flight ({li.get('n_samples', '?')} samples), both loaders in one process, "
         "rounds interleaved. *production*: `cloudml.training.data` (shard read once, one gather per "
-        "batch, float-space augmentation). *reread*: the research design (DESIGN §3) in "
-        "bench/loader_bench.py: per sample reopen the IRAI HDF5 file, read T frames, "
+        "batch, float-space augmentation). *reread*: the research design "
+        "(docs/physics.md, 'Preprocessing') in bench/loader_bench.py: per sample reopen the IRAI "
+        "HDF5 file, read T frames, "
         "swath-slice, flat-field, min-max, CLAHE, z-score (its flat is fitted once, in its "
         "favour); tests/test_bench.py checks both give the same tensors.",
         "",
