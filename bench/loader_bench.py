@@ -67,7 +67,8 @@ def flat_like_ingest(info: raw.IraiInfo, factor: int, rows: tuple[int, int]) -> 
 
 @dataclass
 class RereadDataset:
-    """Research-style dataset: every __getitem__ reopens the IRAI file and redoes §3."""
+    """Research-style dataset: every __getitem__ reopens the IRAI file and redoes the preprocessing
+    (docs/physics.md, 'Preprocessing')."""
 
     irai_path: Path
     windows: np.ndarray  # (n, T) raw frame indices
