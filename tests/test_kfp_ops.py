@@ -1,6 +1,6 @@
 """submit / schedule with the real kfp.Client against the loopback v2beta1 stand-in.
 
-No Kubeflow API server is exercised here: tests/kfp_standin.py records what the client
+No Kubeflow API server is exercised here: tests/support/kfp_standin.py records what the client
 sends, and these tests assert those requests.
 """
 
