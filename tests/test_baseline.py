@@ -2,10 +2,10 @@
 
 import numpy as np
 import pytest
-from tests.support.train_fixtures import make_shard
 
 from cloudml.baseline import FEATURES, fit_baseline, fit_ridge, frame_features, shard_features
 from cloudml.errors import DataError
+from tests.support.train_fixtures import make_shard
 
 
 def test_features_of_a_known_frame():
