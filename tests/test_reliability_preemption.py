@@ -26,7 +26,7 @@ from cloudml.store.resume import (
 )
 from cloudml.training.checkpoint import load_checkpoint
 from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
-from tests.support.train_fixtures import FAST, write_shards
+from tests.support.train_fixtures import FAST, assert_same_run, write_shards
 
 SETTINGS = {**FAST, "epochs": 5, "warmup_steps": 6, "early_stopping_patience": 50}
 PREFIX = state_prefix("tuned", "run-1", "pretrain")
@@ -55,10 +55,6 @@ def _pod(store_uri, shard, out, env):
     config_json = load_config("tuned", SETTINGS).to_json()
     cmd = [sys.executable, "-c", POD, str(shard.parent), config_json, str(out), "run-1"]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-
-
-def _strip(history):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
 @pytest.fixture(scope="module")
@@ -100,24 +96,6 @@ def _kill_after_epoch_2_then_resume(uri, store, shard, tmp_path, env):
     return pod2
 
 
-def _assert_same_run(ref, out):
-    a = json.loads((ref / "history.json").read_text())
-    b = json.loads((out / "history.json").read_text())
-    assert len(a) == len(b) == SETTINGS["epochs"]
-    for ra, rb in zip(_strip(a), _strip(b), strict=True):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-            assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["epoch"], k)
-    sa = json.loads((ref / "summary.json").read_text())
-    sb = json.loads((out / "summary.json").read_text())
-    assert (sa["best_epoch"], sa["global_steps"]) == (sb["best_epoch"], sb["global_steps"])
-    wa = load_checkpoint(ref / "model.pt")["model"]
-    wb = load_checkpoint(out / "model.pt")["model"]
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
-
-
 @pytest.mark.slow
 def test_preempted_pretrain_resumes_from_local_store_on_new_pod(reference, tmp_path):
     shard, ref = reference
@@ -125,7 +103,7 @@ def test_preempted_pretrain_resumes_from_local_store_on_new_pod(reference, tmp_p
     out = _kill_after_epoch_2_then_resume(
         str(store_dir), LocalStore(store_dir), shard, tmp_path, dict(os.environ)
     )
-    _assert_same_run(ref, out)
+    assert_same_run(ref, out, SETTINGS["epochs"])
     final = read_state(LocalStore(store_dir), PREFIX)
     assert final["epoch"] == SETTINGS["epochs"]
     # superseded epoch folders were removed: state.json + one folder of STATE_FILES
@@ -141,7 +119,7 @@ def test_preempted_pretrain_resumes_from_seaweedfs_on_new_pod(reference, s3_serv
                     access_key=S3_ACCESS_KEY, secret_key=S3_SECRET_KEY)  # fmt: skip
     store.ensure_bucket()
     out = _kill_after_epoch_2_then_resume("s3://t-reliability/preempt", store, shard, tmp_path, env)
-    _assert_same_run(ref, out)
+    assert_same_run(ref, out, SETTINGS["epochs"])
 
 
 # --- state sync units (no training) -----------------------------------------------------------

@@ -1,7 +1,6 @@
 """Kill-and-restart: a stage SIGKILLed after an epoch checkpoint and re-run with the same
 out_dir must end exactly where an uninterrupted run ends."""
 
-import json
 import os
 import signal
 import subprocess
@@ -9,10 +8,9 @@ import sys
 import time
 
 import pytest
-import torch
 
 from cloudml.training.checkpoint import load_checkpoint
-from tests.support.train_fixtures import FAST, write_shards
+from tests.support.train_fixtures import FAST, assert_same_run, write_shards
 
 SETTINGS = {**FAST, "epochs": 4, "warmup_steps": 6}
 
@@ -22,10 +20,6 @@ def _cmd(shard, out):
     for k, v in SETTINGS.items():
         cmd += ["--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
     return cmd
-
-
-def _strip(history):
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
 @pytest.mark.slow
@@ -55,18 +49,4 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
     subprocess.run(_cmd(shard, out), check=True, capture_output=True, env=env, timeout=120)
 
-    a = json.loads((ref / "history.json").read_text())
-    b = json.loads((out / "history.json").read_text())
-    assert len(a) == len(b) == SETTINGS["epochs"]
-    for ra, rb in zip(_strip(a), _strip(b), strict=True):
-        assert ra.keys() == rb.keys()
-        for k in ra:
-            assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["epoch"], k)
-    sa = json.loads((ref / "summary.json").read_text())
-    sb = json.loads((out / "summary.json").read_text())
-    assert (sa["best_epoch"], sa["epochs_run"]) == (sb["best_epoch"], sb["epochs_run"])
-    assert sb["best_val_loss"] == pytest.approx(sa["best_val_loss"], abs=1e-6)
-    wa = load_checkpoint(ref / "model.pt")["model"]
-    wb = load_checkpoint(out / "model.pt")["model"]
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
+    assert_same_run(ref, out, SETTINGS["epochs"])

@@ -63,3 +63,35 @@ def write_shards(tmp: Path, flights: list[str], **kw) -> dict[str, Path]:
     for i, f in enumerate(flights):
         out[f] = write_shard(tmp / f"{f}.h5", make_shard(f, seed=i, **kw))
     return out
+
+
+def assert_same_run(ref: Path, out: Path, epochs: int) -> None:
+    """A resumed stage (out) ended where the uninterrupted one (ref) did: the same history
+    (timings aside), the same best epoch and step count, the same kept weights."""
+    import json
+
+    import pytest
+    import torch
+
+    from cloudml.training.checkpoint import load_checkpoint
+
+    def strip(rows: list[dict]) -> list[dict]:
+        return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+    a = json.loads((ref / "history.json").read_text())
+    b = json.loads((out / "history.json").read_text())
+    assert len(a) == len(b) == epochs
+    for ra, rb in zip(strip(a), strip(b), strict=True):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert rb[k] == pytest.approx(ra[k], abs=1e-6), (ra["epoch"], k)
+    sa = json.loads((ref / "summary.json").read_text())
+    sb = json.loads((out / "summary.json").read_text())
+    for key in ("best_epoch", "epochs_run", "global_steps"):
+        assert sa[key] == sb[key], key
+    assert sb["best_val_loss"] == pytest.approx(sa["best_val_loss"], abs=1e-6)
+    wa = load_checkpoint(ref / "model.pt")["model"]
+    wb = load_checkpoint(out / "model.pt")["model"]
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=1e-6)
