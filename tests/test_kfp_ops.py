@@ -18,15 +18,23 @@ from cloudml.errors import ConfigError
 from tests.support.kfp_standin import API, KfpStandin
 
 
+def _point_at(s: KfpStandin, monkeypatch, tmp_path, token: str | None = None) -> KfpStandin:
+    """Environment of a submit against stand-in `s`, with `token` as KFP_TOKEN (or none)."""
+    monkeypatch.setenv("KFP_HOST", s.url)
+    if token is None:
+        monkeypatch.delenv("KFP_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("KFP_TOKEN", token)
+    monkeypatch.delenv("KFP_UI_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client reads ~/.config/kfp/context.json
+    monkeypatch.chdir(tmp_path)  # build/pipelines/<preset>.yaml lands in tmp_path
+    return s
+
+
 @pytest.fixture
 def standin(monkeypatch, tmp_path):
     with KfpStandin() as s:
-        monkeypatch.setenv("KFP_HOST", s.url)
-        monkeypatch.delenv("KFP_TOKEN", raising=False)
-        monkeypatch.delenv("KFP_UI_HOST", raising=False)
-        monkeypatch.setenv("HOME", str(tmp_path))  # kfp.Client reads ~/.config/kfp/context.json
-        monkeypatch.chdir(tmp_path)  # build/pipelines/<preset>.yaml lands in tmp_path
-        yield s
+        yield _point_at(s, monkeypatch, tmp_path)
 
 
 def _uploaded_spec(standin: KfpStandin, path: str) -> dict:
@@ -147,10 +155,7 @@ def test_unreachable_host_names_it(monkeypatch, capsys, tmp_path):
 
 def test_rejected_token_names_host(monkeypatch, tmp_path, capsys):
     with KfpStandin(token="right") as s:
-        monkeypatch.setenv("KFP_HOST", s.url)
-        monkeypatch.setenv("KFP_TOKEN", "wrong")
-        monkeypatch.setenv("HOME", str(tmp_path))
-        monkeypatch.chdir(tmp_path)
+        _point_at(s, monkeypatch, tmp_path, token="wrong")
         assert main(["submit", "--pipeline", "tuned"]) == 2
     err = capsys.readouterr().err
     assert s.url in err and "HTTP 401" in err and "KFP_TOKEN" in err
@@ -158,10 +163,7 @@ def test_rejected_token_names_host(monkeypatch, tmp_path, capsys):
 
 def test_token_is_sent_as_bearer(monkeypatch, tmp_path):
     with KfpStandin(token="sesame") as s:
-        monkeypatch.setenv("KFP_HOST", s.url)
-        monkeypatch.setenv("KFP_TOKEN", "sesame")
-        monkeypatch.setenv("HOME", str(tmp_path))
-        monkeypatch.chdir(tmp_path)
+        _point_at(s, monkeypatch, tmp_path, token="sesame")
         assert main(["submit", "--pipeline", "tuned"]) == 0
         assert len(s.runs) == 1
 
