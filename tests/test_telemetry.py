@@ -27,6 +27,14 @@ CONTRACT = {
         "cloudml_val_loss",
         "cloudml_val_std_ratio",
         "cloudml_val_samples",
+        "cloudml_val_r2_lower",
+        "cloudml_val_r2_upper",
+        "cloudml_val_mae_km_lower",
+        "cloudml_val_mae_km_upper",
+        "cloudml_baseline_r2",
+        "cloudml_val_member_r2_min",
+        "cloudml_val_member_r2_max",
+        "cloudml_ensemble_size",
     },
     "gate": {
         "cloudml_gate_passed",
@@ -43,6 +51,26 @@ EVAL = {
     "r2": 0.42,
     "std_ratio": 0.9,
     "n": 144,
+}
+# metrics.json since issue 14: the ensemble's figures with 95% intervals, members, baseline
+EVAL_ENSEMBLE = {
+    **EVAL,
+    "r2_lo": 0.28,
+    "r2_hi": 0.53,
+    "mae_km_lo": 0.18,
+    "mae_km_hi": 0.25,
+    "rmse_km_lo": 0.26,
+    "rmse_km_hi": 0.35,
+    "bootstrap_block": 6,
+    "confidence": 0.95,
+    "ensemble_size": 3,
+    "members": [{"seed": 42 + i, "r2": r2} for i, r2 in enumerate((0.35, 0.38, 0.41))],
+    "member_r2_min": 0.35,
+    "member_r2_median": 0.38,
+    "member_r2_max": 0.41,
+    "bias_km": -0.02,
+    "baseline": {"model": "ridge", "r2": 0.11, "mae_km": 0.3},
+    "baseline_r2": 0.11,
 }
 
 
@@ -123,6 +151,48 @@ def test_each_method_pushes_its_stage_names_as_gauges(monkeypatch):
     assert rec.calls[6][3] == {"cloudml_stage_duration_seconds": 12.0}
 
 
+def test_evaluation_values_push_intervals_members_and_baseline():
+    assert telemetry.evaluation_values(EVAL_ENSEMBLE) == {
+        "cloudml_val_r2": 0.42,
+        "cloudml_val_mae_km": 0.21,
+        "cloudml_val_rmse_km": 0.3,
+        "cloudml_val_loss": 0.8,
+        "cloudml_val_std_ratio": 0.9,
+        "cloudml_val_samples": 144.0,
+        "cloudml_val_r2_lower": 0.28,
+        "cloudml_val_r2_upper": 0.53,
+        "cloudml_val_mae_km_lower": 0.18,
+        "cloudml_val_mae_km_upper": 0.25,
+        "cloudml_baseline_r2": 0.11,
+        "cloudml_val_member_r2_min": 0.35,
+        "cloudml_val_member_r2_max": 0.41,
+        "cloudml_ensemble_size": 3.0,
+    }
+    # every name it produces is one evaluate may push
+    assert set(telemetry.evaluation_values(EVAL_ENSEMBLE)) <= telemetry.allowed_metrics("evaluate")
+
+
+def test_evaluation_values_of_an_old_or_partial_metrics_dict_push_only_what_is_there():
+    # before issue 14: no intervals, no members, no baseline
+    old = telemetry.evaluation_values(EVAL)
+    assert set(old) == set(CONTRACT["evaluate"]) - {
+        "cloudml_val_r2_lower",
+        "cloudml_val_r2_upper",
+        "cloudml_val_mae_km_lower",
+        "cloudml_val_mae_km_upper",
+        "cloudml_baseline_r2",
+        "cloudml_val_member_r2_min",
+        "cloudml_val_member_r2_max",
+        "cloudml_ensemble_size",
+    }
+    # the baseline only nested (no flat copy), an interval bound that is None
+    partial = {**EVAL, "baseline": {"r2": -0.05}, "r2_lo": None, "r2_hi": 0.5}
+    values = telemetry.evaluation_values(partial)
+    assert values["cloudml_baseline_r2"] == -0.05 and values["cloudml_val_r2_upper"] == 0.5
+    assert "cloudml_val_r2_lower" not in values
+    assert telemetry.evaluation_values({**EVAL, "baseline": None}) == old
+
+
 def test_stage_may_not_push_other_stages_metrics(monkeypatch):
     monkeypatch.setattr(telemetry, "pushadd_to_gateway", Recorder())
     with pytest.raises(ValueError, match="metric contract"):
@@ -173,8 +243,10 @@ def gateway_value(gw, name: str, pipeline: str, stage: str) -> float | None:
 @pytest.mark.servers
 def test_pushed_metrics_reach_pushgateway_and_prometheus(pushgateway, prometheus):
     t = Telemetry("promtest", "evaluate", pushgateway.url)
-    assert t.evaluation(EVAL) and t.duration(7.5)
+    assert t.evaluation(EVAL_ENSEMBLE) and t.duration(7.5)
     assert gateway_value(pushgateway, "cloudml_val_r2", "promtest", "evaluate") == 0.42
+    assert gateway_value(pushgateway, "cloudml_val_r2_lower", "promtest", "evaluate") == 0.28
+    assert gateway_value(pushgateway, "cloudml_baseline_r2", "promtest", "evaluate") == 0.11
     # pushadd: the duration push did not erase the evaluation metrics of the same group
     assert gateway_value(pushgateway, "cloudml_val_mae_km", "promtest", "evaluate") == 0.21
     result = wait_for_query(prometheus, 'cloudml_val_r2{pipeline="promtest"}')

@@ -45,6 +45,16 @@ _HELP: dict[str, str] = {
     "cloudml_val_loss": "Training loss function evaluated on the validation flight.",
     "cloudml_val_std_ratio": "std(prediction) / std(target) on the validation flight.",
     "cloudml_val_samples": "Number of validation samples scored.",
+    "cloudml_val_r2_lower": "Lower end of the 95% block-bootstrap interval of the validation R^2.",
+    "cloudml_val_r2_upper": "Upper end of the 95% block-bootstrap interval of the validation R^2.",
+    "cloudml_val_mae_km_lower": "Lower end of the 95% block-bootstrap interval of the validation "
+    "MAE, km.",
+    "cloudml_val_mae_km_upper": "Upper end of the 95% block-bootstrap interval of the validation "
+    "MAE, km.",
+    "cloudml_baseline_r2": "R^2 of the ridge baseline on the validation flight.",
+    "cloudml_val_member_r2_min": "Lowest validation R^2 among the ensemble's members.",
+    "cloudml_val_member_r2_max": "Highest validation R^2 among the ensemble's members.",
+    "cloudml_ensemble_size": "Number of members in the evaluated ensemble.",
     "cloudml_stage_duration_seconds": "Wall-clock seconds of the stage's last run.",
     "cloudml_gate_passed": "1 if the last gate passed, 0 if it failed.",
     "cloudml_gate_threshold": "R^2 threshold the last gate applied.",
@@ -70,6 +80,14 @@ STAGE_METRICS: dict[str, frozenset[str]] = {
             "cloudml_val_loss",
             "cloudml_val_std_ratio",
             "cloudml_val_samples",
+            "cloudml_val_r2_lower",
+            "cloudml_val_r2_upper",
+            "cloudml_val_mae_km_lower",
+            "cloudml_val_mae_km_upper",
+            "cloudml_baseline_r2",
+            "cloudml_val_member_r2_min",
+            "cloudml_val_member_r2_max",
+            "cloudml_ensemble_size",
         }
     ),
     "gate": frozenset(
@@ -79,7 +97,8 @@ STAGE_METRICS: dict[str, frozenset[str]] = {
 }
 STAGES = tuple(STAGE_METRICS)
 
-# evaluate's metrics dict (cloudml.metrics.regression_metrics + loss) -> metric name
+# evaluate's metrics dict (metrics.json: the ensemble's figures, their 95% interval bounds,
+# the members' spread and the baseline) -> metric name
 EVAL_KEYS: dict[str, str] = {
     "r2": "cloudml_val_r2",
     "mae_km": "cloudml_val_mae_km",
@@ -87,6 +106,14 @@ EVAL_KEYS: dict[str, str] = {
     "loss": "cloudml_val_loss",
     "std_ratio": "cloudml_val_std_ratio",
     "n": "cloudml_val_samples",
+    "r2_lo": "cloudml_val_r2_lower",
+    "r2_hi": "cloudml_val_r2_upper",
+    "mae_km_lo": "cloudml_val_mae_km_lower",
+    "mae_km_hi": "cloudml_val_mae_km_upper",
+    "baseline_r2": "cloudml_baseline_r2",
+    "member_r2_min": "cloudml_val_member_r2_min",
+    "member_r2_max": "cloudml_val_member_r2_max",
+    "ensemble_size": "cloudml_ensemble_size",
 }
 
 # Process-wide, so a stage that builds several Telemetry objects still logs once.
@@ -109,10 +136,14 @@ def build_registry(values: Mapping[str, float]) -> CollectorRegistry:
 
 
 def evaluation_values(metrics: Mapping[str, Any]) -> dict[str, float]:
-    """evaluate's metrics dict -> {metric name: value}; unknown keys and None are skipped."""
+    """evaluate's metrics dict -> {metric name: value}; unknown keys and None are skipped, so
+    a metrics dict from before ensembles and intervals pushes only the figures it has. The
+    baseline's R² is read from the nested `baseline` dict when the flat copy is missing."""
     out = {}
     for key, name in EVAL_KEYS.items():
         v = metrics.get(key)
+        if v is None and key == "baseline_r2":
+            v = (metrics.get("baseline") or {}).get("r2")
         if v is not None:
             out[name] = float(v)
     return out
