@@ -70,6 +70,9 @@ class ModelConfig:
     torch_compile_mode: str = "default"
 
 
+MAX_ENSEMBLE = 16  # members; each is a full training run
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Optimisation, schedule, early stopping (docs/architecture.md, 'Training procedure')."""
@@ -94,6 +97,9 @@ class TrainConfig:
     val_fraction: float = 0.2  # time-ordered tail held out for model selection
     mixed_precision: bool = True  # CUDA only; ignored on CPU
     seed: int = 42
+    # members of the shipped ensemble, trained with seeds seed, seed+1, ... (each its own
+    # pretrain + finetune); evaluate averages their predictions in km. 1 = a single model
+    ensemble_size: int = 3
 
 
 @dataclass(frozen=True)
@@ -274,6 +280,8 @@ def validate(cfg: Config) -> list[str]:
         p.append(f"val_fraction: must be in (0, 1), got {t.val_fraction}")
     if not (0.0 <= t.ema_decay < 1.0):
         p.append(f"ema_decay: must be in [0, 1) (0 = off), got {t.ema_decay}")
+    if not (1 <= t.ensemble_size <= MAX_ENSEMBLE):
+        p.append(f"ensemble_size: must be in [1, {MAX_ENSEMBLE}], got {t.ensemble_size}")
     return p
 
 

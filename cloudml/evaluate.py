@@ -1,9 +1,14 @@
-"""Evaluate a checkpoint on the validation flight only (docs/architecture.md, 'Data flow'):
-metrics.json, predictions.csv and PNG plots (pred vs true, residuals, learning curves of both
-stages).
+"""Evaluate the model on the validation flight only (docs/architecture.md, 'Data flow'):
+metrics.json, predictions.csv and PNG plots (pred vs true, residuals, learning curves).
 
-    metrics = evaluate(Path("12Feb25.h5"), Path("finetune/model.pt"), cfg, Path("eval"),
-                       {"pretrain": Path("pretrain/history.json"), "finetune": ...})
+The model is an ensemble of one or more finetuned checkpoints (cloudml.ensemble): its
+prediction is the members' mean in km. Every figure comes with a 95% moving-block
+bootstrap interval (cloudml.uncertainty), and, given the training flights' shards, the
+ridge baseline (cloudml.baseline) is fitted on them and scored the same way beside it.
+
+    metrics = evaluate(Path("12Feb25.h5"), [Path("m0/model.pt"), Path("m1/model.pt")], cfg,
+                       Path("eval"), {"finetune": Path("m0/history.json")},
+                       training_shards={"30Oct24": Path("30Oct24.h5"), ...})
 """
 
 from __future__ import annotations
@@ -67,19 +72,83 @@ def _plots(
     save(fig, "learning_curves.png")
 
 
+def with_interval(y: np.ndarray, p: np.ndarray, seed: int = 0) -> dict[str, Any]:
+    """regression_metrics plus bias and the block-bootstrap interval fields (pure)."""
+    from cloudml.uncertainty import CONFIDENCE, block_bootstrap, interval_fields
+
+    m = regression_metrics(y, p)
+    m["bias_km"] = float(np.mean(p - y)) if len(y) else float("nan")
+    return {**m, **interval_fields(block_bootstrap(y, p, seed=seed)), "confidence": CONFIDENCE}
+
+
+def ensemble_summary(y: np.ndarray, members_km: np.ndarray, seeds: list[int]) -> dict[str, Any]:
+    """The ensemble's metrics with intervals, and every member's figures (pure).
+    members_km: (K, n) predictions of the K members."""
+    members = []
+    for seed, p in zip(seeds, members_km, strict=True):
+        m = regression_metrics(y, p)
+        members.append(
+            {"seed": int(seed), **{k: m[k] for k in ("r2", "mae_km", "rmse_km", "std_ratio")}}
+        )
+    r2s = [m["r2"] for m in members]
+    return {
+        **with_interval(y, members_km.mean(axis=0)),
+        "ensemble_size": len(members),
+        "members": members,
+        "member_r2_min": float(np.min(r2s)),
+        "member_r2_median": float(np.median(r2s)),
+        "member_r2_max": float(np.max(r2s)),
+    }
+
+
+def baseline_summary(y: np.ndarray, training_shards: dict[str, Path], val_shard: Any) -> tuple:
+    """(metrics dict, predictions km) of the ridge baseline fitted on the training shards."""
+    from cloudml.baseline import FEATURES, fit_baseline
+    from cloudml.data.shard import read_shard
+
+    model = fit_baseline([read_shard(p) for _, p in sorted(training_shards.items())])
+    p = model.predict(val_shard)
+    desc = f"ridge on {len(FEATURES) - 3} centre-frame statistics + sza, cos/sin saa"
+    return {"model": desc, "flights": list(model.flights), **with_interval(y, p)}, p
+
+
+def _check_frames(ens: Any, cfg: Config, where: Any) -> None:
+    if ens.temporal_frames != cfg.data.temporal_frames:
+        raise ConfigError(
+            f"{where}: model takes {ens.temporal_frames} frames, config temporal_frames is "
+            f"{cfg.data.temporal_frames}"
+        )
+
+
+def _write_predictions(path: Path, pool: Any, y: np.ndarray, cols: dict[str, np.ndarray]) -> None:
+    """predictions.csv: time, truth, the ensemble, every member and the baseline (km)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["time_utc", "cbh_true_km", *cols])
+        for i in range(len(y)):
+            w.writerow(
+                [f"{pool.time_utc[i]:.3f}", f"{y[i]:.5f}", *(f"{c[i]:.5f}" for c in cols.values())]
+            )
+
+
 def evaluate(
     shard: Path,
-    checkpoint: Path,
+    checkpoint: Path | list[Path],
     cfg: Config,
     out_dir: Path,
     histories: dict[str, Path] | None = None,
+    *,
+    training_shards: dict[str, Path] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of `checkpoint` on the validation flight's shard; writes metrics, CSV, plots."""
+    """Metrics of the model (one checkpoint or the members of an ensemble) on the validation
+    flight's shard; writes metrics.json, predictions.csv and the plots. With
+    `training_shards` the ridge baseline is fitted on them (never on the validation flight)."""
     import torch
 
-    from cloudml.training.checkpoint import load_checkpoint, model_from_checkpoint
+    from cloudml.data.shard import read_shard
+    from cloudml.ensemble import from_checkpoints
     from cloudml.training.data import load_pool, shard_flight
-    from cloudml.training.loop import device_for, loss_fn, predict
+    from cloudml.training.loop import loss_fn
 
     out_dir, flight = Path(out_dir), cfg.data.validation_flight
     got = shard_flight(Path(shard))
@@ -87,38 +156,38 @@ def evaluate(
         raise DataError(
             f"{shard}: holds flight {got}, evaluate runs on validation_flight {flight} only"
         )
-    ck = load_checkpoint(Path(checkpoint))
-    net = model_from_checkpoint(ck, checkpoint)
-    t = int(ck["temporal_frames"])
-    if t != cfg.data.temporal_frames:
-        raise ConfigError(
-            f"{checkpoint}: model takes {t} frames, config temporal_frames is {cfg.data.temporal_frames}"
-        )
-    pool = load_pool({flight: Path(shard)}, [flight], t)
-    sc = ck["scalers"]
-    device = device_for()
-    idx = np.arange(len(pool))
-    z = predict(net.to(device), pool, idx, sc, device)
+    checkpoints = [Path(c) for c in (checkpoint if isinstance(checkpoint, list) else [checkpoint])]
+    ens = from_checkpoints(checkpoints)
+    _check_frames(ens, cfg, checkpoints[0])
+    pool = load_pool({flight: Path(shard)}, [flight], ens.temporal_frames)
     y = pool.cbh_km
-    p = z * sc["cbh_std"] + sc["cbh_mean"]
-    loss = float(
-        loss_fn(
-            torch.as_tensor(z), torch.as_tensor((y - sc["cbh_mean"]) / sc["cbh_std"]), cfg.train
-        )
-    )
-    m = {"flight": flight, "loss": loss, **regression_metrics(y, p)}
+    members_km = ens.predict_pool(pool)
+    p = members_km.mean(axis=0)
+    sc = ens.scalers[0]
+    loss = float(loss_fn(torch.as_tensor((p - sc["cbh_mean"]) / sc["cbh_std"]),
+                         torch.as_tensor((y - sc["cbh_mean"]) / sc["cbh_std"]), cfg.train))  # fmt: skip
+    m = {"flight": flight, "loss": loss, **ensemble_summary(y, members_km, ens.seeds)}
+    cols = {
+        "cbh_pred_km": p,
+        **{f"member_{s}_km": q for s, q in zip(ens.seeds, members_km, strict=True)},
+    }
+    if training_shards:
+        if flight in training_shards:
+            raise DataError(
+                f"baseline: the validation flight {flight} is among the training shards"
+            )
+        m["baseline"], cols["baseline_km"] = baseline_summary(y, training_shards, read_shard(shard))
+        m["baseline_r2"] = m["baseline"]["r2"]
     hist = {k: json.loads(Path(v).read_text()) for k, v in (histories or {}).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out_dir / "predictions.csv") as tmp, open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["time_utc", "cbh_true_km", "cbh_pred_km"])
-        for row in zip(pool.time_utc, y, p, strict=True):
-            w.writerow([f"{row[0]:.3f}", f"{row[1]:.5f}", f"{row[2]:.5f}"])
+    _write_predictions(out_dir / "predictions.csv", pool, y, cols)
     _plots(out_dir, y, p, hist, m)
     write_json(out_dir / "metrics.json", m, indent=2)
     log.info(
-        "evaluate %s: R2 %.3f MAE %.3f km RMSE %.3f km std ratio %.2f n %d",
-        flight, m["r2"], m["mae_km"], m["rmse_km"], m["std_ratio"], m["n"],
+        "evaluate %s: R2 %.3f [%.3f, %.3f] MAE %.3f km, %d member(s) R2 %.3f..%.3f, baseline R2 %s",
+        flight, m["r2"], m["r2_lo"], m["r2_hi"], m["mae_km"], m["ensemble_size"],
+        m["member_r2_min"], m["member_r2_max"],
+        f"{m['baseline_r2']:.3f}" if "baseline_r2" in m else "not fitted",
     )  # fmt: skip
     return m
 
@@ -134,22 +203,19 @@ def _parse_history(items: list[str]) -> dict[str, Path]:
     return out
 
 
-def _cmd(args: argparse.Namespace) -> int:
-    """Evaluate args.checkpoint on the shard args.shard; print the metrics."""
-    cfg = config_from_args(args)
-    m = evaluate(
-        Path(args.shard), Path(args.checkpoint), cfg, Path(args.out), _parse_history(args.history)
-    )
-    print(json.dumps(m, indent=2))
-    return 0
-
-
 def add_command(sub: argparse._SubParsersAction) -> None:
     """The `evaluate` subcommand."""
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on the validation flight")
     p.add_argument("--shard", action="append", required=True, metavar="FILE",
-                   help="shard(s); only the validation flight's is used")  # fmt: skip
-    p.add_argument("--checkpoint", required=True, metavar="FILE")
+                   help="shard(s): the validation flight's is scored, the training flights' "
+                        "fit the ridge baseline")  # fmt: skip
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        required=True,
+        metavar="FILE",
+        help="a member's model.pt (repeat for an ensemble)",
+    )
     p.add_argument("--out", required=True, metavar="DIR")
     p.add_argument(
         "--history", action="append", default=[], metavar="NAME=PATH", help="history.json per stage"
@@ -159,14 +225,17 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 
 
 def _eval_cmd(args: argparse.Namespace) -> int:
-    """Pick the validation flight's shard from the --shard list, then evaluate."""
+    """Score the validation flight's shard of the --shard list; the training flights' shards
+    among them fit the baseline."""
     from cloudml.training.data import shards_from_paths
 
     cfg = config_from_args(args)
     shards = shards_from_paths(args.shard)
-    if cfg.data.validation_flight not in shards:
-        raise DataError(
-            f"no shard for validation_flight {cfg.data.validation_flight} among {sorted(shards)}"
-        )
-    args.shard = str(shards[cfg.data.validation_flight])
-    return _cmd(args)
+    val = cfg.data.validation_flight
+    if val not in shards:
+        raise DataError(f"no shard for validation_flight {val} among {sorted(shards)}")
+    train = {f: shards[f] for f in cfg.data.training_flights if f in shards}
+    m = evaluate(shards[val], [Path(c) for c in args.checkpoint], cfg, Path(args.out),
+                 _parse_history(args.history), training_shards=train or None)  # fmt: skip
+    print(json.dumps(m, indent=2))
+    return 0

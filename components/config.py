@@ -53,6 +53,7 @@ def resolve_config(
     val_fraction: float,
     mixed_precision: bool,
     seed: int,
+    ensemble_size: int,
 ) -> str:
     values = dict(locals())
     from cloudml.steps import resolve_config_json

@@ -26,13 +26,19 @@ from kfp import dsl, kubernetes
 
 from cloudml.cluster import settings as platform
 from cloudml.config import SECTIONS, load_config
-from cloudml.gate import DEFAULT_MIN_STD_RATIO, DEFAULT_THRESHOLD
+from cloudml.gate import (
+    DEFAULT_BEAT_BASELINE,
+    DEFAULT_MIN_STD_RATIO,
+    DEFAULT_SKILL_MARGIN,
+    DEFAULT_THRESHOLD,
+)
 from components.config import resolve_config
 from components.evaluate import evaluate
 from components.finetune import finetune
 from components.fingerprint import fingerprint
 from components.gate import gate
 from components.ingest import ingest
+from components.members import member_seeds
 from components.pretrain import pretrain
 from components.promote import promote
 
@@ -49,6 +55,8 @@ EXTRA_PARAMS: dict[str, tuple[type, Any]] = {
     "raw_uri": (str, DEFAULT_RAW_URI),  # raw/<flight>/ lives under it (s3://, or a local dir)
     "threshold": (float, DEFAULT_THRESHOLD),  # gate: R² must be above it
     "min_std_ratio": (float, DEFAULT_MIN_STD_RATIO),  # gate: collapse check, 0 disables
+    "beat_baseline": (bool, DEFAULT_BEAT_BASELINE),  # gate: R² must beat the ridge baseline's
+    "skill_margin": (float, DEFAULT_SKILL_MARGIN),  # ... by more than this
 }
 # Retries with exponential backoff: ingest and training resume from what they wrote
 # (a finished shard / last.pt), so a preempted pod picks up where it stopped.
@@ -143,8 +151,63 @@ def _ingest_flights(
     return ing
 
 
-def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None:
-    """The DAG; `p` maps parameter names to pipeline channels; `retry` None = no retries."""
+def _train_member(preset: str, p: dict[str, Any], shards: Any, seed: Any, retry: Any) -> Any:
+    """One member: its config (the run's, with its own seed), pretrain, finetune on the GPU
+    pool; returns the finetune task."""
+    cfg = _resolved_config(preset, {**p, "seed": seed})
+    pre = pretrain(shards=shards, config_json=cfg.output, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    _with_env(_on_gpu(_retried(pre.set_display_name("pretrain"), retry)))
+    fin = finetune(
+        shards=shards,
+        config_json=cfg.output,
+        pretrained=pre.outputs["model"],
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+    )
+    return _with_env(_on_gpu(_retried(fin.set_display_name("finetune"), retry)))
+
+
+def build_members(preset: str, retry: dict[str, Any] | None):
+    """The sub-pipeline that trains the ensemble: member-seeds, then one pretrain + finetune
+    chain per member seed under a ParallelFor (parallelism cluster.settings.gpu_parallelism());
+    takes the shards and every config parameter, returns the finetuned members.
+
+    A sub-pipeline because kfp 2.17 cannot compile a Collected (the ingest fan-in) used inside
+    another ParallelFor; as a sub-pipeline input the shards are a plain artifact list."""
+    names = [k for k in pipeline_parameters(preset) if k not in EXTRA_PARAMS]
+
+    def members(shards: dsl.Input[list[dsl.Dataset]], *args: Any):
+        p = dict(zip(names, args, strict=True))
+        seeds = member_seeds(seed=p["seed"], ensemble_size=p["ensemble_size"])
+        _on_cpu(seeds.set_display_name("member-seeds"), SMALL_TASK)
+        with dsl.ParallelFor(seeds.output, parallelism=platform.gpu_parallelism()) as seed:
+            fin = _train_member(preset, p, shards, seed, retry)
+        return dsl.Collected(fin.outputs["model"])
+
+    types = {k: t for k, (t, _) in pipeline_parameters(preset).items()}
+    sig = [
+        inspect.Parameter(
+            "shards",
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            annotation=dsl.Input[list[dsl.Dataset]],
+        )
+    ]
+    sig += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=types[n])
+            for n in names]  # fmt: skip
+    members.__signature__ = inspect.Signature(sig, return_annotation=list[dsl.Model])
+    members.__annotations__ = {"shards": dsl.Input[list[dsl.Dataset]],
+                               **{n: types[n] for n in names},
+                               "return": list[dsl.Model]}  # fmt: skip
+    members.__name__ = "train_members"
+    return dsl.pipeline(name="train-members", description="the ensemble's members, in parallel")(
+        members
+    )
+
+
+def _graph(
+    preset: str, p: dict[str, Any], retry: dict[str, Any] | None, train_members: Any
+) -> None:
+    """The DAG; `p` maps parameter names to pipeline channels; `retry` None = no retries;
+    `train_members` is build_members' sub-pipeline (built outside this pipeline's context)."""
 
     cfg = _resolved_config(preset, p)
     config_json = cfg.output
@@ -154,33 +217,33 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
         # one Collected per consumer: the compiler resolves each use separately
         return dsl.Collected(ing.outputs["shard"])
 
-    pre = pretrain(shards=shards(), config_json=config_json, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
-    _with_env(_on_gpu(_retried(pre.set_display_name("pretrain"), retry)))
-
-    fin = finetune(
-        shards=shards(),
-        config_json=config_json,
-        pretrained=pre.outputs["model"],
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    )
-    _with_env(_on_gpu(_retried(fin.set_display_name("finetune"), retry)))
+    config_keys = [k for k in p if k not in EXTRA_PARAMS]
+    members = train_members(shards=shards(), **{k: p[k] for k in config_keys})
+    members.set_display_name("train-members")
 
     ev = evaluate(
         shards=shards(),
         config_json=config_json,
-        pretrained=pre.outputs["model"],
-        finetuned=fin.outputs["model"],
+        members=members.output,
         threshold=p["threshold"],
         min_std_ratio=p["min_std_ratio"],
+        beat_baseline=p["beat_baseline"],
+        skill_margin=p["skill_margin"],
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
     )
     _with_env(_on_gpu(_retried(ev.set_display_name("evaluate"), retry)))
 
     # No retry: a failed gate is a verdict, not a transient fault.
     g = gate(
         r2=ev.outputs["r2"],
+        r2_lo=ev.outputs["r2_lo"],
+        r2_hi=ev.outputs["r2_hi"],
         std_ratio=ev.outputs["std_ratio"],
+        baseline_r2=ev.outputs["baseline_r2"],
         threshold=p["threshold"],
         min_std_ratio=p["min_std_ratio"],
+        beat_baseline=p["beat_baseline"],
+        skill_margin=p["skill_margin"],
         flight=p["validation_flight"],
         pipeline=preset,
     )
@@ -189,7 +252,7 @@ def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None) -> None
     # Only a passed gate reaches promotion; the champion pointer moves only if R² beats it.
     # Not cached: the decision depends on the store's current champion, not on the inputs.
     pr = promote(
-        model=fin.outputs["model"], pipeline=preset, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        model=ev.outputs["model"], pipeline=preset, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         r2=ev.outputs["r2"],
     ).after(g)  # fmt: skip
     pr.set_display_name("promote").set_caching_options(False)
@@ -209,9 +272,11 @@ def build_pipeline(preset: str = "tuned", retries: bool = True):
     """
     params = pipeline_parameters(preset)
     names = list(params)
+    retry = RETRY if retries else None
+    train_members = build_members(preset, retry)
 
     def training(*args: Any) -> None:
-        _graph(preset, dict(zip(names, args, strict=True)), RETRY if retries else None)
+        _graph(preset, dict(zip(names, args, strict=True)), retry, train_members)
 
     sig = [
         inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=t)
@@ -221,7 +286,8 @@ def build_pipeline(preset: str = "tuned", retries: bool = True):
     training.__annotations__ = {n: t for n, (t, _) in params.items()}
     training.__name__ = pipeline_name(preset).replace("-", "_")
     description = (
-        f"CloudML CBH training, preset {preset}: ingest, pretrain, finetune, evaluate, gate"
+        f"CloudML CBH training, preset {preset}: ingest, an ensemble of ensemble_size members "
+        f"(pretrain + finetune each, on the GPU pool), evaluate, gate, promote"
     )
     return dsl.pipeline(name=pipeline_name(preset), description=description)(training)
 

@@ -18,6 +18,7 @@ def trained(tmp_path_factory):
     shards = write_shards(tmp, ["30Oct24", "12Feb25"])
     cfg = fast_cfg(epochs=2)
     train.pretrain(shards, cfg, tmp / "pre")
+    train.pretrain(shards, fast_cfg(epochs=2, seed=7), tmp / "pre7")
     return tmp, shards, cfg
 
 
@@ -39,7 +40,12 @@ def test_evaluate_writes_consistent_outputs(trained):
         "learning_curves.png",
     }
     assert json.loads((out / "metrics.json").read_text()) == m
-    assert set(m) == {"flight", "loss", "mae_km", "rmse_km", "r2", "std_ratio", "n"}
+    point = {"flight", "loss", "mae_km", "rmse_km", "r2", "std_ratio", "n", "bias_km"}
+    intervals = {f"{k}_{s}" for k in ("r2", "mae_km", "rmse_km") for s in ("lo", "hi")}
+    ensemble = {"ensemble_size", "members", "member_r2_min", "member_r2_median", "member_r2_max"}
+    assert set(m) == point | intervals | ensemble | {"bootstrap_block", "confidence"}
+    assert m["r2_lo"] < m["r2"] < m["r2_hi"] and m["ensemble_size"] == 1
+    assert m["members"][0]["r2"] == m["r2"] == m["member_r2_min"] == m["member_r2_max"]
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == m["n"] == 60 and m["flight"] == "12Feb25"
@@ -68,3 +74,36 @@ def test_cli_evaluate_picks_the_validation_shard(trained, capsys):
         args += ["--set", f"{k}={v}"]
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["flight"] == "12Feb25"
+
+
+def test_an_ensemble_averages_its_members_in_km_and_carries_the_baseline(trained):
+    tmp, shards, cfg = trained
+    out = tmp / "ens"
+    members = [tmp / "pre" / "model.pt", tmp / "pre7" / "model.pt"]
+    train_shards = {"30Oct24": shards["30Oct24"]}
+    m = evaluate(shards["12Feb25"], members, cfg, out, training_shards=train_shards)
+    with open(out / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["time_utc", "cbh_true_km", "cbh_pred_km", "member_42_km",
+                             "member_7_km", "baseline_km"]  # fmt: skip
+    col = {k: np.array([float(r[k]) for r in rows]) for k in rows[0]}
+    np.testing.assert_allclose(col["cbh_pred_km"], (col["member_42_km"] + col["member_7_km"]) / 2,
+                               atol=2e-5)  # fmt: skip
+    assert [x["seed"] for x in m["members"]] == [42, 7] and m["ensemble_size"] == 2
+    for x, name in zip(m["members"], ("member_42_km", "member_7_km"), strict=True):
+        assert x["r2"] == pytest.approx(
+            regression_metrics(col["cbh_true_km"], col[name])["r2"], abs=1e-3
+        )
+    b = m["baseline"]
+    assert b["flights"] == ["30Oct24"] and m["baseline_r2"] == b["r2"]
+    assert b["r2"] == pytest.approx(
+        regression_metrics(col["cbh_true_km"], col["baseline_km"])["r2"], abs=1e-3
+    )
+    assert b["r2_lo"] <= b["r2"] <= b["r2_hi"]
+
+
+def test_the_baseline_never_fits_on_the_validation_flight(trained):
+    tmp, shards, cfg = trained
+    with pytest.raises(DataError, match="validation flight 12Feb25 is among the training shards"):
+        evaluate(shards["12Feb25"], tmp / "pre" / "model.pt", cfg, tmp / "leak",
+                 training_shards={"12Feb25": shards["12Feb25"]})  # fmt: skip

@@ -33,8 +33,9 @@ TINY = [
     "--set", "torch_compile=false",
     "--set", "gradient_checkpointing=false",
     "--set", "memory_optimized=true",
+    "--set", "ensemble_size=2",
 ]  # fmt: skip
-RUN_FILES = {"metrics.json", "report.html", "model_card.md", "predictions.csv", "model.pt"}
+RUN_FILES = {"metrics.json", "report.html", "model_card.md", "predictions.csv", "model"}
 
 
 def test_failed_task_parses_kfp_local_message():
@@ -112,7 +113,9 @@ def _run(tmp_path: Path, raw_dir: Path, *extra: str) -> tuple[int, Path, str]:
 @pytest.mark.timeout(420)
 def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)  # build/kfp-local lands in tmp_path
-    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold=-1e9", "--min-std-ratio=0")
+    # a one-epoch model: the gate's thresholds and the baseline criterion are switched off
+    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold=-1e9", "--min-std-ratio=0",
+                            "--no-baseline")  # fmt: skip
     assert rc == 0, out
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("tuned-")
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
@@ -130,7 +133,14 @@ def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypa
     assert "data:image/png;base64," in html and "gate PASSED" in html
     assert "synthetic campaign" in (run_dir / "model_card.md").read_text()
     header = (run_dir / "predictions.csv").read_text().splitlines()[0]
-    assert header.replace(" ", "") == "time_utc,cbh_true_km,cbh_pred_km"
+    assert header == "time_utc,cbh_true_km,cbh_pred_km,member_42_km,member_43_km,baseline_km"
+    assert m["ensemble_size"] == 2 and [x["seed"] for x in m["members"]] == [42, 43]
+    assert m["r2_lo"] <= m["r2"] <= m["r2_hi"] and "baseline_r2" in m
+    manifest = json.loads((run_dir / "model" / "ensemble.json").read_text())
+    assert [x["file"] for x in manifest["members"]] == ["member-0.pt", "member-1.pt"]
+    from cloudml.ensemble import load_ensemble
+
+    assert load_ensemble(run_dir / "model").seeds == [42, 43]
     assert "gate PASSED on validation flight 12Feb25" in out
 
 
@@ -147,7 +157,7 @@ def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypat
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["gate_passed"] is False and m["threshold"] == 0.99
     assert m["promoted"] is False  # promote never runs after a failed gate
-    assert f"R² = {m['r2']:.4f} (threshold 0.9900)" in out
+    assert f"R² = {m['r2']:.4f} [95% {m['r2_lo']:.4f}, {m['r2_hi']:.4f}] (threshold 0.9900)" in out
     assert "gate FAILED on validation flight 12Feb25" in out
     assert "gate FAILED" in (run_dir / "report.html").read_text()
 
@@ -226,7 +236,9 @@ def test_local_run_with_s3_store_and_pushgateway(
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("CLOUDML_STORE", "s3://t-e2e-run/cloudml")
     monkeypatch.setenv("PUSHGATEWAY_URL", pushgateway.url)
-    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold=-1e9", "--min-std-ratio=0")
+    # a one-epoch model: the gate's thresholds and the baseline criterion are switched off
+    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold=-1e9", "--min-std-ratio=0",
+                            "--no-baseline")  # fmt: skip
     assert rc == 0, out
     m = json.loads((run_dir / "metrics.json").read_text())
     prefix = f"runs/tuned/{run_dir.name}"
@@ -234,7 +246,8 @@ def test_local_run_with_s3_store_and_pushgateway(
 
     manifest = read_manifest(store, prefix)
     local_files = {str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file()}
-    assert set(manifest["objects"]) == local_files and RUN_FILES <= local_files
+    assert set(manifest["objects"]) == local_files
+    assert RUN_FILES - {"model"} <= local_files and "model/ensemble.json" in local_files
     download_dir(store, prefix, tmp_path / "verified")  # sha256-checked on read
     assert (tmp_path / "verified" / "metrics.json").read_bytes() == (run_dir / "metrics.json").read_bytes()
 

@@ -31,7 +31,9 @@ from cloudml.config import Config, load_config, parse_overrides
 from cloudml.errors import CloudMLError, GateFailed
 from cloudml.fileio import atomic_path
 from cloudml.gate import (
+    DEFAULT_BEAT_BASELINE,
     DEFAULT_MIN_STD_RATIO,
+    DEFAULT_SKILL_MARGIN,
     DEFAULT_THRESHOLD,
     GateVerdict,
     verdict_from_metrics,
@@ -40,7 +42,11 @@ from cloudml.gate import (
 log = logging.getLogger(__name__)
 
 CAMPAIGN_MARKER = "campaign.json"  # written beside the synthetic flights; read by ingest glue
-METRIC_KEYS = ("r2", "mae_km", "rmse_km", "loss", "std_ratio", "n")
+METRIC_KEYS = ("r2", "r2_lo", "r2_hi", "mae_km", "mae_km_lo", "mae_km_hi", "rmse_km",
+               "rmse_km_lo", "rmse_km_hi", "bias_km", "loss", "std_ratio", "n", "ensemble_size",
+               "member_r2_min", "member_r2_median", "member_r2_max", "baseline_r2")  # fmt: skip
+TABLE_KEYS = ("r2", "mae_km", "rmse_km", "bias_km", "std_ratio", "n", "ensemble_size",
+              "member_r2_min", "member_r2_max", "baseline_r2")  # fmt: skip
 RUN_FILES = (
     "report.html",
     "model_card.md",
@@ -95,7 +101,12 @@ def ensure_campaign(data_dir: Path, flights: tuple[str, ...], scale: str) -> lis
 
 # --- the run -------------------------------------------------------------------------------
 def pipeline_arguments(
-    cfg: Config, raw_uri: str, threshold: float, min_std_ratio: float
+    cfg: Config,
+    raw_uri: str,
+    threshold: float,
+    min_std_ratio: float,
+    beat_baseline: bool = DEFAULT_BEAT_BASELINE,
+    skill_margin: float = DEFAULT_SKILL_MARGIN,
 ) -> dict[str, Any]:
     """Every pipeline parameter's value for this run (config keys + gate + raw_uri)."""
     return {
@@ -103,6 +114,8 @@ def pipeline_arguments(
         "raw_uri": raw_uri,
         "threshold": threshold,
         "min_std_ratio": min_std_ratio,
+        "beat_baseline": beat_baseline,
+        "skill_margin": skill_margin,
     }
 
 
@@ -115,15 +128,14 @@ def _failed_task(message: str) -> str:
 
 
 def find_outputs(root: Path) -> dict[str, Path]:
-    """Outputs of one local run: evaluation, finetune/pretrain model dirs, promote's result."""
+    """Outputs of one local run: evaluation, the shipped model (the ensemble), promote's result."""
     runs = sorted(p for p in root.iterdir() if p.is_dir())
     if not runs:
         raise CloudMLError(f"{root}: the local runner left no run directory")
     run = runs[-1]
     out = {
         "evaluation": run / "evaluate" / "evaluation",
-        "finetune": run / "finetune" / "model",
-        "pretrain": run / "pretrain" / "model",
+        "model": run / "evaluate" / "model",
     }
     out["promote"] = run / "promote" / "executor_output.json"
     return {k: v for k, v in out.items() if v.exists()}
@@ -144,21 +156,23 @@ def collect_run(outputs: dict[str, Path], run_dir: Path, record: dict[str, Any])
         if (ev / name).is_file():
             with atomic_path(run_dir / name) as tmp:
                 shutil.copyfile(ev / name, tmp)
-    ckpt = outputs.get("finetune", Path("/nonexistent")) / "model.pt"
-    if ckpt.is_file():
-        with atomic_path(run_dir / "model.pt") as tmp:
-            shutil.copyfile(ckpt, tmp)
+    model = outputs.get("model")
+    if model is not None and model.is_dir():  # the ensemble: ensemble.json + member-<i>.pt
+        for f in sorted(model.iterdir()):
+            with atomic_path(run_dir / "model" / f.name) as tmp:
+                shutil.copyfile(f, tmp)
     with atomic_path(run_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
-    for p in run_dir.iterdir():  # atomic_path's temp files are 0600; these are for reading
-        p.chmod(0o644)
+    for p in run_dir.rglob("*"):  # atomic_path's temp files are 0600; these are for reading
+        if p.is_file():
+            p.chmod(0o644)
 
 
 def summary_table(metrics: dict[str, Any], stages: dict[str, float], verdict_msg: str) -> str:
     """The text table printed at the end of a run."""
     rows = [(f"{k} (s)", f"{v:.1f}") for k, v in stages.items()]
     rows += [(k, f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]))
-             for k in METRIC_KEYS if k in metrics]  # fmt: skip
+             for k in TABLE_KEYS if k in metrics]  # fmt: skip
     width = max(len(k) for k, _ in rows) if rows else 10
     lines = ["", "stage / metric".ljust(width) + "  value", "-" * (width + 12)]
     lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
@@ -175,6 +189,8 @@ def run_local(
     runs_dir: Path = Path("runs"),
     scale: str = "local",
     work_dir: Path = Path("build/kfp-local"),
+    beat_baseline: bool = DEFAULT_BEAT_BASELINE,
+    skill_margin: float = DEFAULT_SKILL_MARGIN,
 ) -> LocalRunResult:
     """Run the pipeline locally; returns the result (gate verdict included, never raises on
     a failed gate). Other task failures raise CloudMLError naming the task."""
@@ -193,7 +209,9 @@ def run_local(
 
     # Stage state and the local champion live in a directory store unless one is configured.
     os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
-    arguments = pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio)
+    arguments = pipeline_arguments(
+        cfg, str(data_dir), threshold, min_std_ratio, beat_baseline, skill_margin
+    )
     failed, wall = _execute(pipeline, cfg.data.scale, root, arguments)
 
     outputs = find_outputs(root)
@@ -206,7 +224,8 @@ def run_local(
     metrics = json.loads((ev / "metrics.json").read_text())
     stages = json.loads((ev / "stages.json").read_text()) if (ev / "stages.json").is_file() else {}
     stages["total"] = wall
-    verdict = verdict_from_metrics(metrics, threshold, min_std_ratio, cfg.data.validation_flight)
+    verdict = verdict_from_metrics(metrics, threshold, min_std_ratio, cfg.data.validation_flight,
+                                   beat_baseline=beat_baseline, skill_margin=skill_margin)  # fmt: skip
     _check_failures(name, root, failed, verdict)
     record = {
         **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
@@ -214,6 +233,10 @@ def run_local(
         "gate_passed": verdict.passed,
         "threshold": threshold,
         "min_std_ratio": min_std_ratio,
+        "beat_baseline": beat_baseline,
+        "skill_margin": skill_margin,
+        "gate_within_noise": verdict.within_noise,
+        "members": metrics.get("members", []),
         "promoted": promoted(outputs),
         "seconds": stages,
         **{f"{k}_seconds": v for k, v in stages.items()},
@@ -295,6 +318,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         data_dir=args.data_dir,
         runs_dir=args.runs_dir,
         scale=args.scale,
+        beat_baseline=args.beat_baseline,
+        skill_margin=args.skill_margin,
     )
     print(summary_table(res.metrics, res.stages, res.gate_message))
     print(res.run_dir)
@@ -311,6 +336,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--min-std-ratio", type=float, default=DEFAULT_MIN_STD_RATIO,
                    help="gate: collapse check, prediction/target std ratio (0 disables)")  # fmt: skip
+    p.add_argument("--skill-margin", type=float, default=DEFAULT_SKILL_MARGIN,
+                   help="gate: R² must beat the ridge baseline's by more than this")  # fmt: skip
+    p.add_argument("--no-baseline", dest="beat_baseline", action="store_false",
+                   help="gate: do not require beating the ridge baseline")  # fmt: skip
     p.add_argument(
         "--data-dir",
         type=Path,

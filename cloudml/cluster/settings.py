@@ -91,3 +91,12 @@ def gpu_pool() -> GpuPool:
             raise ValueError(f"CLOUDML_GPU_TAINT must be key=value:Effect, got {taint!r}")
         pool = GpuPool(pool.label_key, pool.label_value, key, value, effect)
     return pool
+
+
+def gpu_parallelism() -> int:
+    """How many members of an ensemble train at once on the GPU pool (ParallelFor's
+    parallelism, fixed at compile time): CLOUDML_GPU_PARALLELISM, default 4."""
+    raw = os.environ.get("CLOUDML_GPU_PARALLELISM", "4")
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"CLOUDML_GPU_PARALLELISM must be a positive integer, got {raw!r}")
+    return int(raw)
