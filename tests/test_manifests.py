@@ -21,6 +21,10 @@ CONTRACT = frozenset({
     "cloudml_val_std_ratio", "cloudml_val_samples", "cloudml_stage_duration_seconds",
     "cloudml_gate_passed", "cloudml_gate_threshold", "cloudml_last_success_timestamp_seconds",
     "cloudml_champion_r2", "cloudml_promoted",
+    # issue 14: intervals, the baseline, the ensemble
+    "cloudml_val_r2_lower", "cloudml_val_r2_upper", "cloudml_val_mae_km_lower",
+    "cloudml_val_mae_km_upper", "cloudml_baseline_r2", "cloudml_val_member_r2_min",
+    "cloudml_val_member_r2_max", "cloudml_ensemble_size",
 })  # fmt: skip
 
 

@@ -18,7 +18,7 @@ from pipelines.training import compile_pipeline
 
 MARKER = "s3cr3t-marker-7f1c"
 GPU_TASKS = ("pretrain", "finetune", "evaluate")
-CPU_TASKS = ("resolve-config", "fingerprint", "ingest", "gate", "promote")
+CPU_TASKS = ("resolve-config", "fingerprint", "ingest", "member-seeds", "gate", "promote")
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -56,28 +56,51 @@ def test_stages_and_dependencies(compiled):
     _, spec, _, _ = compiled
     root = spec["root"]["dag"]["tasks"]
     loop = next(k for k in root if k.startswith("for-loop"))
-    assert set(root) == {
-        "resolve-config",
-        loop,
-        "pretrain",
-        "finetune",
-        "evaluate",
-        "gate",
-        "promote",
-    }
+    assert set(root) == {"resolve-config", loop, "train-members", "evaluate", "gate", "promote"}
     assert root[loop]["dependentTasks"] == ["resolve-config"]
-    assert loop in root["pretrain"]["dependentTasks"]
-    assert "pretrain" in root["finetune"]["dependentTasks"]
-    assert {"finetune", "pretrain"} <= set(root["evaluate"]["dependentTasks"])
+    assert loop in root["train-members"]["dependentTasks"]
+    assert "train-members" in root["evaluate"]["dependentTasks"]
+    assert root["evaluate"]["inputs"]["artifacts"]["members"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "Output",
+        "producerTask": "train-members",
+    }
     assert root["gate"]["dependentTasks"] == ["evaluate"]
     assert "gate" in root["promote"]["dependentTasks"]  # only a passed gate promotes
+    # the shipped model is evaluate's ensemble artifact, not one member's checkpoint
+    assert root["promote"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model",
+        "producerTask": "evaluate",
+    }
     assert "ingest" in _tasks(spec)
     # the gate compares evaluate's float outputs, not a metrics artifact
     g = root["gate"]["inputs"]["parameters"]
-    assert g["r2"]["taskOutputParameter"] == {
-        "outputParameterKey": "r2",
-        "producerTask": "evaluate",
-    }
+    for key in ("r2", "r2_lo", "r2_hi", "std_ratio", "baseline_r2"):
+        assert g[key]["taskOutputParameter"] == {
+            "outputParameterKey": key,
+            "producerTask": "evaluate",
+        }
+
+
+def test_every_member_trains_its_own_chain_under_a_parallel_for(compiled):
+    """train-members: member-seeds, then ParallelFor(parallelism) over the seeds with one
+    resolve-config (the member's seed) -> pretrain -> finetune chain per member."""
+    _, spec, _, _ = compiled
+    sub = spec["components"]["comp-train-members"]["dag"]["tasks"]
+    loop = next(k for k in sub if k.startswith("for-loop"))
+    assert set(sub) == {"member-seeds", loop}
+    assert sub[loop]["parameterIterator"]["items"]["inputParameter"].endswith("member-seeds-Output")
+    assert sub[loop]["iteratorPolicy"]["parallelismLimit"] == platform.gpu_parallelism()
+    body = spec["components"][sub[loop]["componentRef"]["name"]]["dag"]["tasks"]
+    assert set(body) == {"resolve-config", "pretrain", "finetune"}
+    seed = body["resolve-config"]["inputs"]["parameters"]["seed"]
+    assert seed["componentInputParameter"].endswith("loop-item")  # the member's own seed
+    assert (
+        body["pretrain"]["inputs"]["parameters"]["config_json"]["taskOutputParameter"][
+            "producerTask"
+        ]
+        == "resolve-config"
+    )
+    assert "pretrain" in body["finetune"]["dependentTasks"]
 
 
 def test_one_ingest_per_flight(compiled):
@@ -101,7 +124,11 @@ def test_one_ingest_per_flight(compiled):
 def test_parameters_are_every_config_key_with_preset_defaults(compiled):
     preset, spec, _, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
-    assert set(params) == set(_config_keys()) | {"raw_uri", "threshold", "min_std_ratio"}
+    extra = {"raw_uri", "threshold", "min_std_ratio", "beat_baseline", "skill_margin"}
+    assert set(params) == set(_config_keys()) | extra
+    assert params["beat_baseline"]["defaultValue"] is True
+    assert params["skill_margin"]["defaultValue"] == 0.0
+    assert params["ensemble_size"]["defaultValue"] == 3
     flat = load_config(preset).flat()
     for key, value in flat.items():
         got = params[key]["defaultValue"]
