@@ -220,6 +220,6 @@ def test_pipeline_refuses_a_checkpoint_changed_between_stages(tmp_path, monkeypa
             run_finetune([str(shard_dir)], cfg, pre, tmp_path / "finetune")
         assert not (tmp_path / "finetune").exists() or not any((tmp_path / "finetune").iterdir())
         with pytest.raises(DataError, match="does not match model_sha256"):
-            run_evaluate([str(shard_dir)], cfg, pre, pre, tmp_path / "eval", 0.3, 0.0)
+            run_evaluate([str(shard_dir)], cfg, [pre], tmp_path / "eval", 0.3, 0.0)
     finally:
         torch.set_num_threads(threads)
