@@ -7,18 +7,17 @@ import re
 
 import pytest
 
-from cloudml import model, report
+from cloudml import model, report_sections
 from cloudml.gate import gate_verdict
-from cloudml.report import (
+from cloudml.model_card import build_model_card
+from cloudml.report import build_report_html, write_report
+from cloudml.report_sections import (
     LOADING_SNIPPET,
-    build_model_card,
-    build_report_html,
     config_view,
     data_rows,
     gate_notes,
     member_spread,
     metric_table,
-    write_report,
 )
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
@@ -306,7 +305,7 @@ def test_card_and_html_do_not_list_skipped_settings_as_used():
 
 
 def test_checkpoint_threshold_matches_the_model():
-    assert report.CHECKPOINT_MIN_PIXELS == model.CHECKPOINT_MIN_PIXELS
+    assert report_sections.CHECKPOINT_MIN_PIXELS == model.CHECKPOINT_MIN_PIXELS
 
 
 def test_gate_notes_and_member_spread():
