@@ -156,10 +156,10 @@ def report(k: int) -> str:
     import numpy as np
 
     lines = [
-        r"| campaign | draws (seeds) | baseline R² | single member R²: median \| range \| sd "
-        f"| single: gate pass | {k}-member ensembles, disjoint groups: R² | all {k}-combinations: "
-        r"median \| range \| sd | ensemble: gate pass (all combinations) |",
-        "|---" * 8 + "|",
+        "| campaign | draws (seeds) | baseline R² | single R²: median | range | sd "
+        f"| single: gate pass | {k}-member ensembles, disjoint groups | all {k}-combinations: "
+        "median | range | sd | ensemble: gate pass (all combinations) |",
+        "|---" * 12 + "|",
     ]
     detail = []
     for c in sorted(int(p.name[1:]) for p in OUT.glob("c*") if p.is_dir()):
