@@ -166,9 +166,9 @@ def _train_member(preset: str, p: dict[str, Any], shards: Any, seed: Any, retry:
     return _with_env(_on_gpu(_retried(fin.set_display_name("finetune"), retry)))
 
 
-def build_members(preset: str, retry: dict[str, Any] | None):
+def build_members(preset: str, retry: dict[str, Any] | None, parallelism: int):
     """The sub-pipeline that trains the ensemble: member-seeds, then one pretrain + finetune
-    chain per member seed under a ParallelFor (parallelism cluster.settings.gpu_parallelism());
+    chain per member seed under a ParallelFor (at most `parallelism` members at once);
     takes the shards and every config parameter, returns the finetuned members.
 
     A sub-pipeline because kfp 2.17 cannot compile a Collected (the ingest fan-in) used inside
@@ -179,7 +179,7 @@ def build_members(preset: str, retry: dict[str, Any] | None):
         p = dict(zip(names, args, strict=True))
         seeds = member_seeds(seed=p["seed"], ensemble_size=p["ensemble_size"])
         _on_cpu(seeds.set_display_name("member-seeds"), SMALL_TASK)
-        with dsl.ParallelFor(seeds.output, parallelism=platform.gpu_parallelism()) as seed:
+        with dsl.ParallelFor(seeds.output, parallelism=parallelism) as seed:
             fin = _train_member(preset, p, shards, seed, retry)
         return dsl.Collected(fin.outputs["model"])
 
@@ -264,16 +264,18 @@ def pipeline_name(preset: str) -> str:
     return f"cloudml-{preset}"
 
 
-def build_pipeline(preset: str = "tuned", retries: bool = True):
+def build_pipeline(preset: str = "tuned", retries: bool = True, parallelism: int | None = None):
     """The training pipeline for `preset` as a KFP graph component (callable, compilable).
 
     retries=False drops the retry policies: the local runner honours them with real backoff
     sleeps, and a local failure is a bug to see at once, not a preempted node.
+    `parallelism`: members trained at once (default cluster.settings.gpu_parallelism(), one
+    GPU each); the local runner honours it too, so a CPU run asks for 1.
     """
     params = pipeline_parameters(preset)
     names = list(params)
     retry = RETRY if retries else None
-    train_members = build_members(preset, retry)
+    train_members = build_members(preset, retry, parallelism or platform.gpu_parallelism())
 
     def training(*args: Any) -> None:
         _graph(preset, dict(zip(names, args, strict=True)), retry, train_members)

@@ -258,7 +258,9 @@ def _execute(
 
     from pipelines.training import build_pipeline
 
-    graph = build_pipeline(pipeline, retries=False)
+    # one member at a time: each already uses every core (kfp.local runs ParallelFor
+    # iterations concurrently up to the parallelism limit; 3 x 2 threads on 2 cores thrash)
+    graph = build_pipeline(pipeline, retries=False, parallelism=1)
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
     print(f"[cloudml] running pipeline cloudml-{pipeline} on KFP's local runner (scale {scale})")
     t0 = time.perf_counter()
