@@ -23,7 +23,7 @@ endif
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps run test test-fast lint format compile submit schedule \
-        preflight images manifests-check bench synth clean
+        preflight images manifests-check bench synth clean test-floatpaths
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -52,6 +52,14 @@ test: $(STAMP) $(SYSTAMP) ## the whole test suite (lint, manifests, unit, end-to
 
 test-fast: $(STAMP) ## unit tests only (skips slow end-to-end tests)
 	$(PY) -m pytest -q -m "not slow"
+
+test-floatpaths: $(STAMP) $(SYSTAMP) ## statistical tests under the three CPU float paths
+	@echo "== float path: native (torch $$($(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())'))"
+	$(RUN_ENV) $(PY) -m pytest -q -m statistical
+	@echo "== float path: AVX2 (torch $$(ATEN_CPU_CAPABILITY=avx2 $(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())'))"
+	ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 $(RUN_ENV) $(PY) -m pytest -q -m statistical
+	@echo "== float path: SSE4.1 (torch $$(ATEN_CPU_CAPABILITY=default $(PY) -c 'import torch; print(torch.backends.cpu.get_cpu_capability())'))"
+	ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=SSE41 $(RUN_ENV) $(PY) -m pytest -q -m statistical
 
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check .
