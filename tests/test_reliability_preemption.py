@@ -29,7 +29,8 @@ from tests.support.servers import S3_ACCESS_KEY, S3_SECRET_KEY
 from tests.support.train_fixtures import FAST, assert_same_run, write_shards
 
 SETTINGS = {**FAST, "epochs": 5, "warmup_steps": 6, "early_stopping_patience": 50}
-PREFIX = state_prefix("tuned", "run-1", "pretrain")
+# each member's state lives under its own prefix: <stage>-seed<seed>
+PREFIX = state_prefix("tuned", "run-1", f"pretrain-seed{load_config('tuned', SETTINGS).train.seed}")
 
 # One "pod" runs exactly what the KFP pretrain component runs: pipeline_steps.run_pretrain with
 # the run id; CLOUDML_STORE (from the environment, as the cluster's ConfigMap sets it) is where
