@@ -13,6 +13,17 @@ from cloudml.cluster.telemetry import METRIC_NAMES, STAGE_METRICS, Telemetry
 from cloudml.errors import ConfigError
 from tests.support.servers import free_port, gateway_metrics, prom_query, wait_for_query
 
+# what evaluate pushes since issue 14: intervals, the baseline, the ensemble's spread
+ISSUE14_EVALUATE = {
+    "cloudml_val_r2_lower",
+    "cloudml_val_r2_upper",
+    "cloudml_val_mae_km_lower",
+    "cloudml_val_mae_km_upper",
+    "cloudml_baseline_r2",
+    "cloudml_val_member_r2_min",
+    "cloudml_val_member_r2_max",
+    "cloudml_ensemble_size",
+}
 CONTRACT = {
     "pretrain": {
         "cloudml_epoch",
@@ -27,14 +38,7 @@ CONTRACT = {
         "cloudml_val_loss",
         "cloudml_val_std_ratio",
         "cloudml_val_samples",
-        "cloudml_val_r2_lower",
-        "cloudml_val_r2_upper",
-        "cloudml_val_mae_km_lower",
-        "cloudml_val_mae_km_upper",
-        "cloudml_baseline_r2",
-        "cloudml_val_member_r2_min",
-        "cloudml_val_member_r2_max",
-        "cloudml_ensemble_size",
+        *ISSUE14_EVALUATE,
     },
     "gate": {
         "cloudml_gate_passed",
@@ -175,16 +179,7 @@ def test_evaluation_values_push_intervals_members_and_baseline():
 def test_evaluation_values_of_an_old_or_partial_metrics_dict_push_only_what_is_there():
     # before issue 14: no intervals, no members, no baseline
     old = telemetry.evaluation_values(EVAL)
-    assert set(old) == set(CONTRACT["evaluate"]) - {
-        "cloudml_val_r2_lower",
-        "cloudml_val_r2_upper",
-        "cloudml_val_mae_km_lower",
-        "cloudml_val_mae_km_upper",
-        "cloudml_baseline_r2",
-        "cloudml_val_member_r2_min",
-        "cloudml_val_member_r2_max",
-        "cloudml_ensemble_size",
-    }
+    assert set(old) == set(CONTRACT["evaluate"]) - ISSUE14_EVALUATE
     # the baseline only nested (no flat copy), an interval bound that is None
     partial = {**EVAL, "baseline": {"r2": -0.05}, "r2_lo": None, "r2_hi": 0.5}
     values = telemetry.evaluation_values(partial)
