@@ -45,7 +45,7 @@ validation flight 12Feb25, this machine's float path. The gate's pass rule here:
 and above the ridge baseline.
 
 """
-DOC_TAIL = ""
+MARKER = "\n<!-- written by hand below this line"  # the analysis after it is kept
 
 
 def _campaign(c: int) -> Path:
@@ -204,7 +204,8 @@ def main() -> int:
     elif args.cmd == "report":
         text = report(args.k)
         print(text)
-        DOC.write_text(DOC_HEAD + text + DOC_TAIL)
+        kept = DOC.read_text().partition(MARKER)[1:] if DOC.is_file() else ("", "")
+        DOC.write_text(DOC_HEAD + text + "".join(kept))
     elif args.cmd == "train":
         cs = [int(c) for c in args.campaigns.split(",")]
         other = [int(s) for s in args.seeds.split(",")]
