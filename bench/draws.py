@@ -115,17 +115,17 @@ def import_run(run_dir: Path, campaign: int) -> list[int]:
 
 
 def _r2(y, p) -> float:
-    import numpy as np
+    from cloudml.metrics import regression_metrics
 
-    return float(1 - np.sum((p - y) ** 2) / np.sum((y - y.mean()) ** 2))
+    return regression_metrics(y, p)["r2"]
 
 
 def _load(c: int) -> tuple:
     """(y, {seed: predictions}, baseline R²) of campaign c's draws."""
     import numpy as np
 
-    from cloudml.baseline import fit_baseline
     from cloudml.data.shard import read_shard
+    from cloudml.evaluate import baseline_summary
 
     preds, y = {}, None
     for d in sorted((OUT / f"c{c}").glob("s*/predictions.csv")):
@@ -133,9 +133,9 @@ def _load(c: int) -> tuple:
             rows = list(csv.DictReader(f))
         y = np.array([float(r["cbh_true_km"]) for r in rows])
         preds[int(d.parent.name[1:])] = np.array([float(r["cbh_pred_km"]) for r in rows])
-    shards = {p.stem: read_shard(p) for p in (OUT / f"c{c}" / "shards").glob("*.h5")}
-    val = shards.pop("12Feb25")
-    base = _r2(val.cbh_km.astype(float), fit_baseline(list(shards.values())).predict(val))
+    shards = {p.stem: p for p in (OUT / f"c{c}" / "shards").glob("*.h5")}
+    val = read_shard(shards.pop("12Feb25"))
+    base = baseline_summary(val.cbh_km.astype(float), shards, val)[0]["r2"]  # as evaluate fits it
     return y, preds, base
 
 
