@@ -66,7 +66,11 @@ def _plots(
     for ax, (stage, rows) in zip(axes[0], histories.items(), strict=False):
         ep = [r["epoch"] for r in rows]
         ax.plot(ep, [r["train_loss"] for r in rows], label="train")
-        ax.plot(ep, [r["val_loss"] for r in rows], label="val")
+        ax.plot(
+            ep,
+            [r["selection_loss"] for r in rows],
+            label="selection split (held-out tails of the training flights)",
+        )
         ax.set(xlabel="epoch", ylabel="loss", title=stage)
         ax.legend()
     save(fig, "learning_curves.png")

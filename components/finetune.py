@@ -23,4 +23,4 @@ def finetune(
     summary = run_finetune(
         [s.path for s in shards], config_json, pretrained.path, model.path, run_id
     )
-    model.metadata.update({k: summary[k] for k in ("best_epoch", "best_val_loss") if k in summary})
+    model.metadata.update({k: summary[k] for k in ("best_epoch", "best_selection_loss") if k in summary})

@@ -15,4 +15,4 @@ def pretrain(shards: Input[list[Dataset]], config_json: str, run_id: str, model:
     from cloudml.steps import run_pretrain
 
     summary = run_pretrain([s.path for s in shards], config_json, model.path, run_id)
-    model.metadata.update({k: summary[k] for k in ("best_epoch", "best_val_loss") if k in summary})
+    model.metadata.update({k: summary[k] for k in ("best_epoch", "best_selection_loss") if k in summary})

@@ -16,7 +16,7 @@ from tests.support.skips import skip_or_fail
 ROOT = Path(__file__).resolve().parents[1] / "manifests"
 # The metric contract as written in the task brief (telemetry.METRIC_NAMES is the code copy).
 CONTRACT = frozenset({
-    "cloudml_epoch", "cloudml_train_loss", "cloudml_epoch_val_loss", "cloudml_learning_rate",
+    "cloudml_epoch", "cloudml_train_loss", "cloudml_epoch_selection_loss", "cloudml_learning_rate",
     "cloudml_val_r2", "cloudml_val_mae_km", "cloudml_val_rmse_km", "cloudml_val_loss",
     "cloudml_val_std_ratio", "cloudml_val_samples", "cloudml_stage_duration_seconds",
     "cloudml_gate_passed", "cloudml_gate_threshold", "cloudml_last_success_timestamp_seconds",

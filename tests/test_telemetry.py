@@ -28,7 +28,7 @@ CONTRACT = {
     "pretrain": {
         "cloudml_epoch",
         "cloudml_train_loss",
-        "cloudml_epoch_val_loss",
+        "cloudml_epoch_selection_loss",
         "cloudml_learning_rate",
     },
     "evaluate": {
@@ -108,7 +108,7 @@ def test_each_method_pushes_its_stage_names_as_gauges(monkeypatch):
     monkeypatch.setattr(telemetry, "pushadd_to_gateway", rec)
     url = "127.0.0.1:9"
     assert Telemetry("tuned", "finetune", url).epoch(
-        {"epoch": 3, "train_loss": 1.5, "val_loss": 1.1, "lr": 5e-4, "val_r2": 0.2}
+        {"epoch": 3, "train_loss": 1.5, "selection_loss": 1.1, "lr": 5e-4, "selection_r2": 0.2}
     )
     Telemetry("tuned", "pretrain", url).epoch(4, 1.0, 0.9, 1e-4)
     Telemetry("tuned", "evaluate", url).evaluation(EVAL)
@@ -137,7 +137,7 @@ def test_each_method_pushes_its_stage_names_as_gauges(monkeypatch):
     assert rec.calls[0][3] == {
         "cloudml_epoch": 3.0,
         "cloudml_train_loss": 1.5,
-        "cloudml_epoch_val_loss": 1.1,
+        "cloudml_epoch_selection_loss": 1.1,
         "cloudml_learning_rate": 5e-4,
     }
     assert rec.calls[2][3] == {

@@ -100,7 +100,7 @@ def test_pretrain_outputs_checkpoint_and_warmup_steps(tmp_path):
     steps_per_epoch = 3  # 48 samples / batch 16
     hist = json.loads((tmp_path / "pre" / "history.json").read_text())
     assert [r["epoch"] for r in hist] == [1, 2] == [r["epoch"] for r in rows]
-    assert set(rows[0]) == {"stage", "epoch", "train_loss", "val_loss", "val_r2", "lr", "seconds"}
+    assert set(rows[0]) == {"stage", "epoch", "train_loss", "selection_loss", "selection_r2", "lr", "seconds"}
     # lr in use at the end of epoch 1 = warm-up value of its last optimizer step
     assert hist[0]["lr"] == pytest.approx(loop.lr_at(steps_per_epoch - 1, cfg.train))
     assert hist[1]["lr"] == pytest.approx(cfg.train.learning_rate * 6 / 10)
@@ -143,7 +143,7 @@ def test_early_stopping_keeps_best_epoch(tmp_path):
     # no epoch can improve by 100: epoch 1 is best, stop after patience epochs more
     assert (s["best_epoch"], s["epochs_run"], s["stopped_early"]) == (1, 3, True)
     ck = load_checkpoint(tmp_path / "pre" / "model.pt")
-    assert ck["epoch"] == 1 and ck["best_val_loss"] == pytest.approx(s["best_val_loss"])
+    assert ck["epoch"] == 1 and ck["best_selection_loss"] == pytest.approx(s["best_selection_loss"])
 
 
 def test_finetune_never_batches_the_validation_flight(tmp_path, monkeypatch):

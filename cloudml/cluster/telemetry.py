@@ -37,7 +37,7 @@ DEFAULT_TIMEOUT_S = 2.0
 _HELP: dict[str, str] = {
     "cloudml_epoch": "Last finished training epoch (1-based).",
     "cloudml_train_loss": "Mean training loss of the last epoch.",
-    "cloudml_epoch_val_loss": "Validation loss of the last epoch (training-time split).",
+    "cloudml_epoch_selection_loss": "Validation loss of the last epoch (training-time split).",
     "cloudml_learning_rate": "Learning rate reached in the last epoch.",
     "cloudml_val_r2": "R^2 on the validation flight.",
     "cloudml_val_mae_km": "Mean absolute error on the validation flight, km.",
@@ -65,7 +65,7 @@ _HELP: dict[str, str] = {
 METRIC_NAMES: frozenset[str] = frozenset(_HELP)
 
 _TRAIN = frozenset(
-    {"cloudml_epoch", "cloudml_train_loss", "cloudml_epoch_val_loss", "cloudml_learning_rate"}
+    {"cloudml_epoch", "cloudml_train_loss", "cloudml_epoch_selection_loss", "cloudml_learning_rate"}
 )
 # Which names each stage may push (plus cloudml_stage_duration_seconds everywhere).
 STAGE_METRICS: dict[str, frozenset[str]] = {
@@ -220,18 +220,18 @@ class Telemetry:
         self,
         epoch: int | Mapping[str, Any],
         train_loss: float | None = None,
-        val_loss: float | None = None,
+        selection_loss: float | None = None,
         lr: float | None = None,
     ) -> bool:
         """One training epoch; also accepts train.py's history row {epoch, train_loss, ...}."""
         if isinstance(epoch, Mapping):
             row = epoch
             epoch, train_loss = row["epoch"], row.get("train_loss")
-            val_loss, lr = row.get("val_loss"), row.get("lr")
+            selection_loss, lr = row.get("selection_loss"), row.get("lr")
         values = {"cloudml_epoch": float(epoch)}
         for name, v in (
             ("cloudml_train_loss", train_loss),
-            ("cloudml_epoch_val_loss", val_loss),
+            ("cloudml_epoch_selection_loss", selection_loss),
             ("cloudml_learning_rate", lr),
         ):
             if v is not None:

@@ -26,12 +26,12 @@ def _epoch_logger(stage: str, pipeline: str):
 
     def on_epoch(rec: dict[str, Any]) -> None:
         log.info(
-            "%s epoch %s: train_loss %.4f val_loss %.4f val_r2 %.4f lr %.2e",
+            "%s epoch %s: train_loss %.4f selection_loss %.4f selection_r2 %.4f lr %.2e",
             stage,
             rec.get("epoch"),
             rec.get("train_loss", float("nan")),
-            rec.get("val_loss", float("nan")),
-            rec.get("val_r2", float("nan")),
+            rec.get("selection_loss", float("nan")),
+            rec.get("selection_r2", float("nan")),
             rec.get("lr", float("nan")),
         )
         telemetry.epoch(rec)

@@ -58,9 +58,9 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch * 7_919 + 12_345) % (2**62)
 
 
-def improved(val_loss: float, best: float, min_delta: float) -> bool:
-    """Whether `val_loss` beats the best so far by more than `min_delta`."""
-    return val_loss < best - min_delta
+def improved(sel_loss: float, best: float, min_delta: float) -> bool:
+    """Whether `sel_loss` beats the best so far by more than `min_delta`."""
+    return sel_loss < best - min_delta
 
 
 def device_for() -> torch.device:
@@ -235,21 +235,21 @@ def _validate(
 ) -> tuple[float, float]:
     """(loss on the standardised target, R² in km) of the judged weights on `val_idx`."""
     pred = predict(learner.judged, pool, val_idx, scalers, learner.device)
-    val_loss = float(loss_fn(torch.as_tensor(pred), targets(pool, val_idx, scalers).double(), tc))
+    sel_loss = float(loss_fn(torch.as_tensor(pred), targets(pool, val_idx, scalers).double(), tc))
     km = pred * scalers["cbh_std"] + scalers["cbh_mean"]
-    return val_loss, regression_metrics(pool.cbh_km[val_idx], km)["r2"]
+    return sel_loss, regression_metrics(pool.cbh_km[val_idx], km)["r2"]
 
 
 def _select(
-    learner: Learner, state: TrainState, val_loss: float, epoch: int, tc: TrainConfig
+    learner: Learner, state: TrainState, sel_loss: float, epoch: int, tc: TrainConfig
 ) -> bool:
-    """Step the plateau schedule (after warm-up only) and keep the weights when `val_loss`
+    """Step the plateau schedule (after warm-up only) and keep the weights when `sel_loss`
     improved; returns whether it did."""
     if state.global_step >= tc.warmup_steps:
-        learner.sched.step(val_loss)  # plateau schedule only after warm-up
-    better = improved(val_loss, state.best_val_loss, tc.early_stopping_min_delta)
+        learner.sched.step(sel_loss)  # plateau schedule only after warm-up
+    better = improved(sel_loss, state.best_selection_loss, tc.early_stopping_min_delta)
     if better:
-        state.best_val_loss, state.best_epoch, state.bad_epochs = val_loss, epoch, 0
+        state.best_selection_loss, state.best_epoch, state.bad_epochs = sel_loss, epoch, 0
         learner.best_state = {k: v.detach().clone() for k, v in learner.kept.state_dict().items()}
     else:
         state.bad_epochs += 1
@@ -296,18 +296,18 @@ def fit(
         recalibrate_bn(
             learner.judged, pool, order[:BN_RECAL_SAMPLES], scalers, tc.batch_size, learner.device
         )
-        val_loss, val_r2 = _validate(learner, pool, val_idx, scalers, tc)
-        better = _select(learner, state, val_loss, epoch, tc)
+        sel_loss, sel_r2 = _validate(learner, pool, val_idx, scalers, tc)
+        better = _select(learner, state, sel_loss, epoch, tc)
         seconds = time.perf_counter() - t0
         row = {
             "stage": stage, "epoch": epoch, "train_loss": loss_sum / max(n_seen, 1),
-            "val_loss": val_loss, "val_r2": val_r2, "lr": lr_used, "seconds": seconds,
+            "selection_loss": sel_loss, "selection_r2": sel_r2, "lr": lr_used, "seconds": seconds,
         }  # fmt: skip
         state.end_epoch(row, n_seen, train_s, tc, time.perf_counter() - t_start)
         save_epoch(out_dir, base, learner, state, better)
         log.info(
-            "%s epoch %d/%d train %.4f val %.4f R2 %.3f lr %.2e %.1fs (%.0f samples/s)%s",
-            stage, epoch, tc.epochs, row["train_loss"], val_loss, val_r2, lr_used, seconds,
+            "%s epoch %d/%d train loss %.4f selection-split loss %.4f R² %.3f lr %.2e %.1fs (%.0f samples/s)%s",
+            stage, epoch, tc.epochs, row["train_loss"], sel_loss, sel_r2, lr_used, seconds,
             n_seen / max(train_s, 1e-9), " *" if better else "",
         )  # fmt: skip
         if on_epoch is not None:

@@ -50,7 +50,7 @@ def _base(
 def _summary(stage: str, state: TrainState, pool: Pool, n_train: int, n_val: int) -> dict[str, Any]:
     """summary.json of a finished fit."""
     return {
-        "stage": stage, "best_epoch": state.best_epoch, "best_val_loss": state.best_val_loss,
+        "stage": stage, "best_epoch": state.best_epoch, "best_selection_loss": state.best_selection_loss,
         "epochs_run": state.epoch, "stopped_early": state.stopped_early,
         "lr_reached": max((h["lr"] for h in state.history), default=0.0),
         "seconds": round(state.elapsed_s, 3), "n_train": int(n_train), "n_val": int(n_val),
@@ -82,7 +82,7 @@ def _run_stage(
         load_weights(net, init, extra.get("pretrained", "pretrained weights"))
     base = _base(stage, cfg, pool, scalers, extra)
     log.info(
-        "%s: %d train / %d val samples of %s, frames %dx%d",
+        "%s: %d training / %d selection-split samples of %s, frames %dx%d",
         stage,
         len(train_idx),
         len(val_idx),

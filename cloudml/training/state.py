@@ -39,7 +39,7 @@ class TrainState:
 
     epoch: int = 0  # epochs completed
     global_step: int = 0  # optimizer steps taken
-    best_val_loss: float = float("inf")
+    best_selection_loss: float = float("inf")
     best_epoch: int = 0
     bad_epochs: int = 0  # epochs since the last improvement
     history: list[dict[str, Any]] = field(default_factory=list)  # one row per epoch
@@ -150,7 +150,7 @@ def save_epoch(
     if better:
         save_checkpoint(out_dir / "model.pt", {
             **base, "model": learner.best_state, "epoch": state.best_epoch,
-            "global_step": state.global_step, "best_val_loss": state.best_val_loss,
+            "global_step": state.global_step, "best_selection_loss": state.best_selection_loss,
             "history": state.history,
         })  # fmt: skip
     ema = learner.ema

@@ -89,7 +89,7 @@ def assert_same_run(ref: Path, out: Path, epochs: int) -> None:
     sb = json.loads((out / "summary.json").read_text())
     for key in ("best_epoch", "epochs_run", "global_steps"):
         assert sa[key] == sb[key], key
-    assert sb["best_val_loss"] == pytest.approx(sa["best_val_loss"], abs=1e-6)
+    assert sb["best_selection_loss"] == pytest.approx(sa["best_selection_loss"], abs=1e-6)
     wa = load_checkpoint(ref / "model.pt")["model"]
     wb = load_checkpoint(out / "model.pt")["model"]
     assert wa.keys() == wb.keys()
