@@ -286,7 +286,25 @@ def maybe_compile(net: CBHNet, device: torch.device) -> nn.Module:
             "short batch each compile again; on CUDA it is honoured"
         )
         return net
-    return torch.compile(net, mode=net.cfg.torch_compile_mode)
+    return compile_model(net, net.cfg.torch_compile_mode)
+
+
+def compile_model(net: CBHNet, mode: str) -> nn.Module:
+    """`net` compiled with torch.compile; the checkpointed path compiles its encoder only.
+
+    Dynamo cannot trace `torch.utils.checkpoint` with a custom `context_fn` (it raises
+    "checkpoint not implemented for NestedUserFunctionVariable context_fn"), and
+    `encode_per_frame_index` needs one: the recompute must leave BatchNorm's running
+    statistics alone (`frozen_bn_stats`). So with checkpointing on, the encoder (the
+    convolutions: nearly all of a step's FLOPs) is compiled in place and the checkpoint
+    around it stays eager; each chunk's forward and its recompute run the compiled encoder.
+    Compiled in place (`nn.Module.compile`), the state_dict keys stay the same as eager's.
+    Without checkpointing the whole network is compiled (a wrapper module, `_orig_mod`).
+    """
+    if net.use_checkpoint:
+        net.encoder.compile(mode=mode)
+        return net
+    return torch.compile(net, mode=mode)
 
 
 def count_parameters(net: nn.Module) -> int:
@@ -297,4 +315,12 @@ def feature_size(cfg: ModelConfig) -> int:
     return channel_widths(cfg)[2]
 
 
-__all__ = ["CBHNet", "FastDropout", "N_SCALARS", "encode_scalars", "configure_checkpointing", "maybe_compile"]
+__all__ = [
+    "CBHNet",
+    "FastDropout",
+    "N_SCALARS",
+    "encode_scalars",
+    "configure_checkpointing",
+    "maybe_compile",
+    "compile_model",
+]
