@@ -38,8 +38,6 @@ def resolve_config(
     weight_decay: float,
     epochs: int,
     batch_size: int,
-    optimizer: str,
-    scheduler: str,
     plateau_factor: float,
     plateau_patience: int,
     loss_type: str,
