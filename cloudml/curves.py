@@ -71,5 +71,8 @@ def read_scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
 
 def tensorboard_ui_metadata(source_uri: str) -> dict[str, Any]:
     """The mlpipeline-ui-metadata document that makes the Kubeflow UI offer its TensorBoard
-    viewer on `source_uri` (the event files' artifact URI in the store)."""
+    viewer on `source_uri` (the event files' artifact URI in the store). KFP names MinIO
+    artifacts minio://bucket/key; TensorBoard reads the same object as s3://bucket/key."""
+    if source_uri.startswith("minio://"):
+        source_uri = "s3://" + source_uri.removeprefix("minio://")
     return {"outputs": [{"type": "tensorboard", "source": source_uri}]}

@@ -183,14 +183,12 @@ def _train_member(preset: str, p: dict[str, Any], shards: Any, seed: Any, retry:
     """One member: its config (the run's, with its own seed), pretrain, finetune on the GPU
     pool; returns the finetune task."""
     cfg = _resolved_config(preset, {**p, "seed": seed})
-    pre = pretrain(shards=shards, config_json=cfg.output, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    # No run id among the inputs (KFP's cache key): the stage state is keyed by code, config
+    # and data inside the task (steps.common.training_state_key), so an unchanged re-run is
+    # a cache hit and a retry on a new pod still resumes.
+    pre = pretrain(shards=shards, config_json=cfg.output)
     _with_env(_on_gpu(_retried(pre.set_display_name("pretrain"), retry)))
-    fin = finetune(
-        shards=shards,
-        config_json=cfg.output,
-        pretrained=pre.outputs["model"],
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    )
+    fin = finetune(shards=shards, config_json=cfg.output, pretrained=pre.outputs["model"])
     return _with_env(_on_gpu(_retried(fin.set_display_name("finetune"), retry)))
 
 
@@ -228,10 +226,13 @@ def build_members(preset: str, retry: dict[str, Any] | None, parallelism: int):
                                **{n: types[n] for n in names},
                                "return": list[dsl.Model]}  # fmt: skip
     members.__name__ = "train_members"
-    members.__doc__ = args_docstring(
-        "The ensemble's members, in parallel: one pretrain + finetune chain per member seed.",
-        ["shards", *names],
-        {"shards": "Every flight's processed shard (the ingest fan-in)."},
+    members.__doc__ = (
+        args_docstring(
+            "The ensemble's members, in parallel: one pretrain + finetune chain per member seed.",
+            ["shards", *names],
+            {"shards": "Every flight's processed shard (the ingest fan-in)."},
+        )
+        + "\n\nReturns:\n    Output: The finetuned members (one Model per seed)."
     )
     return dsl.pipeline(name="train-members")(members)
 
