@@ -63,7 +63,7 @@ def _histories(member_dirs: list[Path]) -> dict[str, Path]:
 
 # the scalars evaluate's KFP Metrics artifact shows (the UI lists them in this order)
 UI_METRICS = ("r2", "r2_lo", "r2_hi", "mae_km", "mae_km_lo", "mae_km_hi", "rmse_km",
-              "rmse_km_lo", "rmse_km_hi", "bias_km", "bias_km_lo", "bias_km_hi", "loss",
+              "rmse_km_lo", "rmse_km_hi", "bias_km", "loss",
               "std_ratio", "n", "ensemble_size", "member_r2_min", "member_r2_median",
               "member_r2_max", "baseline_r2")  # fmt: skip
 
