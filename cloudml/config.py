@@ -28,23 +28,77 @@ COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-
 SCALES = ("local", "full")
 
 
+def key(default: Any, help: str, pipeline: bool = True) -> Any:
+    """A config field with its one description (`help`: what it changes, units, range).
+    pipeline=False: a config key that is not a pipeline parameter (one implemented value)."""
+    meta = {"help": help} if pipeline else {"help": help, "pipeline": False}
+    return field(default=default, metadata=meta)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Flights, label filter and the preprocessing applied once at ingest."""
 
-    temporal_frames: int = 5
-    swath_slice: tuple[int, int] = (40, 480)  # rows kept, in 512-row full-frame units
-    flat_field_correction: bool = True
-    clahe_clip_limit: float = 0.01  # 0 disables CLAHE
-    zscore_normalize: bool = True
-    augment: bool = True  # training-time only
-    filter_type: str = "basic"
-    pretrain_flight: str = "30Oct24"
-    overweight_flight: str = "30Oct24"
-    validation_flight: str = "12Feb25"
-    flights: tuple[str, ...] = FLIGHT_NAMES
+    temporal_frames: int = key(
+        5,
+        "Consecutive IR frames per sample (the temporal window the network sees), >= 1; "
+        "more frames add parallax and motion cues at the cost of memory and time.",
+    )
+    swath_slice: tuple[int, int] = key(
+        (40, 480),
+        "Rows of the frame kept, [start, stop) in 512-row full-frame units (applied "
+        "proportionally at local scale); 0 <= start < stop <= 512.",
+    )
+    flat_field_correction: bool = key(
+        True,
+        "At ingest, divide each frame by a flat field fitted to the flight's first good "
+        "frames (radial vignetting times column striping).",
+    )
+    clahe_clip_limit: float = key(
+        0.01,
+        "CLAHE contrast clip limit at ingest, in [0, 1]; higher means stronger local "
+        "contrast enhancement, 0 disables CLAHE.",
+    )
+    zscore_normalize: bool = key(
+        True,
+        "Standardise each frame to zero mean and unit variance at ingest.",
+    )
+    augment: bool = key(
+        True,
+        "Training-time only: random mirrors and transpositions of the frame grid (with the "
+        "solar azimuth they imply); evaluation is never augmented.",
+    )
+    filter_type: str = key(
+        "basic",
+        "Label filter: which cloud-base heights count as labels. 'basic' keeps 0.1-2.0 km, "
+        "'practical' 0.05-2.5 km (docs/physics.md, 'Label rules').",
+    )
+    pretrain_flight: str = key(
+        "30Oct24",
+        "Flight pretrain trains on (its earliest 1 - val_fraction, the rest selects the "
+        "epoch); must be in flights and differ from validation_flight.",
+    )
+    overweight_flight: str = key(
+        "30Oct24",
+        "Flight finetune draws overweight_factor times as often as the others; must be in "
+        "flights and differ from validation_flight.",
+    )
+    validation_flight: str = key(
+        "12Feb25",
+        "Flight held out of all training and scored once by evaluate: its R² is the one the "
+        "gate judges.",
+    )
+    flights: tuple[str, ...] = key(
+        FLIGHT_NAMES,
+        "Campaign flights to ingest (one ingest task each); every flight except "
+        "validation_flight is training data for finetune.",
+    )
     # `local` bins frames down for a CPU (data/compute size only, never hyperparameters)
-    scale: str = "full"
+    scale: str = key(
+        "full",
+        "'full': frames as recorded (440x640 after the swath slice); 'local': frames "
+        "area-averaged 20x for a CPU run. Changes data size only, never hyperparameters.",
+    )
 
     @property
     def cbh_range_km(self) -> tuple[float, float]:
@@ -60,14 +114,43 @@ class DataConfig:
 class ModelConfig:
     """The research network (docs/physics.md, 'The model')."""
 
-    memory_optimized: bool = False  # 32/64/128 channels instead of 64/128/256
-    use_spatial_attention: bool = True
-    use_temporal_attention: bool = True
-    use_multiscale_temporal: bool = False
-    attention_heads: int = 4
-    gradient_checkpointing: bool = True
-    torch_compile: bool = True
-    torch_compile_mode: str = "default"
+    memory_optimized: bool = key(
+        False,
+        "Narrower network: 32/64/128 channels instead of 64/128/256 (about a quarter of the "
+        "weights and less activation memory).",
+    )
+    use_spatial_attention: bool = key(
+        True,
+        "A learned spatial attention mask on each input frame, before the convolutions.",
+    )
+    use_temporal_attention: bool = key(
+        True,
+        "Attention across the temporal_frames of a sample; false averages them instead.",
+    )
+    use_multiscale_temporal: bool = key(
+        False,
+        "With use_temporal_attention: multi-scale temporal attention (several window "
+        "lengths) instead of the single-scale one.",
+    )
+    attention_heads: int = key(
+        4,
+        "Heads of the attention layers; must divide the feature width (256, or 128 with "
+        "memory_optimized).",
+    )
+    gradient_checkpointing: bool = key(
+        True,
+        "Recompute encoder activations in the backward pass to save memory (full scale "
+        "only; skipped at local scale). Same result, slower.",
+    )
+    torch_compile: bool = key(
+        True,
+        "Compile the network with torch.compile where supported (CUDA); skipped on CPU.",
+    )
+    torch_compile_mode: str = key(
+        "default",
+        "torch.compile mode: one of default, reduce-overhead, max-autotune, "
+        "max-autotune-no-cudagraphs.",
+    )
 
 
 MAX_ENSEMBLE = 16  # members; each is a full training run
@@ -77,29 +160,102 @@ MAX_ENSEMBLE = 16  # members; each is a full training run
 class TrainConfig:
     """Optimisation, schedule, early stopping (docs/architecture.md, 'Training procedure')."""
 
-    learning_rate: float = 0.0005
-    warmup_steps: int = 500  # optimizer steps
-    weight_decay: float = 0.04
-    epochs: int = 50
-    batch_size: int = 20
-    optimizer: str = "AdamW"
-    scheduler: str = "ReduceLROnPlateau"
-    plateau_factor: float = 0.5
-    plateau_patience: int = 5
-    loss_type: str = "huber"
-    loss_alpha: float = 0.5  # mse_mae: alpha*MSE + (1-alpha)*MAE
-    huber_delta: float = 1.0
-    grad_clip: float = 1.0
-    ema_decay: float = 0.98  # weights judged and kept: EMA of the training weights; 0 = off
-    early_stopping_patience: int = 10
-    early_stopping_min_delta: float = 0.0005
-    overweight_factor: float = 2.0
-    val_fraction: float = 0.2  # time-ordered tail held out for model selection
-    mixed_precision: bool = True  # CUDA only; ignored on CPU
-    seed: int = 42
-    # members of the shipped ensemble, trained with seeds seed, seed+1, ... (each its own
-    # pretrain + finetune); evaluate averages their predictions in km. 1 = a single model
-    ensemble_size: int = 3
+    learning_rate: float = key(
+        0.0005,
+        "AdamW peak learning rate, > 0, reached after warmup_steps; halved by the plateau "
+        "schedule (plateau_factor).",
+    )
+    warmup_steps: int = key(
+        500,
+        "Linear learning-rate warm-up length in optimizer steps (batches), not epochs; >= 0.",
+    )
+    weight_decay: float = key(
+        0.04,
+        "AdamW decoupled weight decay, >= 0; larger values regularise more.",
+    )
+    epochs: int = key(
+        50,
+        "Upper limit on epochs per training stage, >= 1; early stopping usually ends a "
+        "stage sooner.",
+    )
+    batch_size: int = key(
+        20,
+        "Samples per optimizer step, >= 2 (BatchNorm needs two); bounds memory use.",
+    )
+    optimizer: str = key(
+        "AdamW",
+        "Optimizer; only 'AdamW' is implemented (a config key, not a pipeline parameter).",
+        pipeline=False,
+    )
+    scheduler: str = key(
+        "ReduceLROnPlateau",
+        "Learning-rate schedule after warm-up; only 'ReduceLROnPlateau' is implemented (a "
+        "config key, not a pipeline parameter).",
+        pipeline=False,
+    )
+    plateau_factor: float = key(
+        0.5,
+        "Factor in (0, 1) the learning rate is multiplied by when the selection-split loss "
+        "stops improving.",
+    )
+    plateau_patience: int = key(
+        5,
+        "Epochs without selection-split improvement before the learning rate is cut, >= 0.",
+    )
+    loss_type: str = key(
+        "huber",
+        "Training loss on the standardised height: 'huber' (huber_delta) or 'mse_mae' "
+        "(loss_alpha x MSE + (1 - loss_alpha) x MAE).",
+    )
+    loss_alpha: float = key(
+        0.5,
+        "mse_mae only: weight of MSE in [0, 1]; 0 is pure MAE, 1 pure MSE.",
+    )
+    huber_delta: float = key(
+        1.0,
+        "huber only: residual (in standard deviations of the height) where the loss turns "
+        "from quadratic to linear, > 0.",
+    )
+    grad_clip: float = key(
+        1.0,
+        "Gradient norm clip per optimizer step, >= 0; 0 disables clipping.",
+    )
+    ema_decay: float = key(
+        0.98,
+        "Decay of the moving average of the weights that is judged and kept, in [0, 1); 0 "
+        "turns the average off.",
+    )
+    early_stopping_patience: int = key(
+        10,
+        "Epochs without a selection-split improvement before a stage stops, >= 1.",
+    )
+    early_stopping_min_delta: float = key(
+        0.0005,
+        "Smallest drop in selection-split loss that counts as an improvement, >= 0.",
+    )
+    overweight_factor: float = key(
+        2.0,
+        "Finetune draws overweight_flight this many times as often as each other flight, >= "
+        "1 (1 = uniform).",
+    )
+    val_fraction: float = key(
+        0.2,
+        "Time-ordered tail of each training flight held out as the selection split (picks "
+        "the epoch, drives early stopping), in (0, 1).",
+    )
+    mixed_precision: bool = key(
+        True,
+        "bfloat16 autocast of the training forward pass on CUDA (speed, memory); ignored on CPU.",
+    )
+    seed: int = key(
+        42,
+        "Training seed of the first ensemble member; member i trains with seed + i.",
+    )
+    ensemble_size: int = key(
+        3,
+        "Members of the shipped ensemble, 1-16, each its own pretrain + finetune with its "
+        "own seed; evaluate averages their predictions. 1 = a single model.",
+    )
 
 
 @dataclass(frozen=True)
@@ -127,6 +283,22 @@ SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": 
 KEY_SECTION: dict[str, str] = {
     f.name: section for section, cls in SECTIONS.items() for f in fields(cls)
 }
+
+
+def key_help() -> dict[str, str]:
+    """{key: its one-line description} for every config key, in definition order.
+
+    The descriptions live beside the fields (`metadata["help"]`); the pipeline's parameter
+    descriptions, `cloudml config --help` and docs/config.md are all drawn from here."""
+    return {f.name: f.metadata["help"] for cls in SECTIONS.values() for f in fields(cls)}
+
+
+def pipeline_keys() -> list[str]:
+    """The config keys that are pipeline parameters, in definition order: every key except
+    those whose metadata says `pipeline: False` (one implemented value, nothing to choose)."""
+    return [
+        f.name for cls in SECTIONS.values() for f in fields(cls) if f.metadata.get("pipeline", True)
+    ]
 
 
 def preset_names() -> list[str]:
@@ -349,6 +521,8 @@ __all__ = [
     "TrainConfig",
     "load_config",
     "build_config",
+    "key_help",
+    "pipeline_keys",
     "config_from_dict",
     "replace",
 ]

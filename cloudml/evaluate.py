@@ -26,7 +26,7 @@ from cloudml.config import Config
 from cloudml.config_cli import add_config_args, config_from_args
 from cloudml.errors import ConfigError, DataError
 from cloudml.fileio import atomic_path, write_json
-from cloudml.metrics import regression_metrics
+from cloudml.metrics import bias_by_height, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ def with_interval(y: np.ndarray, p: np.ndarray, seed: int = 0) -> dict[str, Any]
 
     m = regression_metrics(y, p)
     m["bias_km"] = float(np.mean(p - y)) if len(y) else float("nan")
+    # bias by true height: regression to the mean hides inside a small overall bias
+    m["bias_by_height"] = bias_by_height(y, p)
     return {**m, **interval_fields(block_bootstrap(y, p, seed=seed)), "confidence": CONFIDENCE}
 
 

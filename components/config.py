@@ -8,9 +8,9 @@ fails, naming the key, when a config key is missing here).
 from kfp import dsl
 
 from cloudml.cluster.settings import cpu_image
+from cloudml.config import key_help
 
 
-@dsl.component(base_image=cpu_image(), install_kfp_package=False)
 def resolve_config(
     preset: str,
     temporal_frames: int,
@@ -38,8 +38,6 @@ def resolve_config(
     weight_decay: float,
     epochs: int,
     batch_size: int,
-    optimizer: str,
-    scheduler: str,
     plateau_factor: float,
     plateau_patience: int,
     loss_type: str,
@@ -59,3 +57,22 @@ def resolve_config(
     from cloudml.steps import resolve_config_json
 
     return resolve_config_json(values.pop("preset"), values)
+
+
+# The docstring is built from cloudml.config so each key's one description reaches the UI
+# (kfp reads the Args section at decoration time); hence decorating by call, after it is set.
+resolve_config.__doc__ = "\n".join(
+    [
+        "Check the pipeline's parameter values as one configuration, every problem listed at "
+        "once: a bad value fails the run here, before any data moves.",
+        "",
+        "Args:",
+        "    preset: The preset the pipeline was compiled from (recorded in the config).",
+        *(f"    {k}: {h}" for k, h in key_help().items()
+          if k in resolve_config.__code__.co_varnames),
+        "",
+        "Returns:",
+        "    Output: The validated configuration as JSON, the input of every later stage.",
+    ]
+)  # fmt: skip
+resolve_config = dsl.component(base_image=cpu_image(), install_kfp_package=False)(resolve_config)

@@ -39,14 +39,39 @@ def evaluate(
         ("baseline_r2", float),
     ],
 ):
+    """Score the ensemble (the members' mean prediction) once on validation_flight, with 95%
+    block-bootstrap intervals and the ridge baseline beside it; write the report, the model
+    card and the shipped model.
+
+    Args:
+        shards: Every flight's shard: validation_flight is scored, the training flights fit
+            the ridge baseline.
+        config_json: The run's validated configuration.
+        members: The finetuned members (their sha256s are checked).
+        threshold: The gate's R² threshold (the report states the verdict it implies).
+        min_std_ratio: The gate's collapse check.
+        beat_baseline: Whether the gate requires beating the ridge baseline.
+        skill_margin: By how much (R²) the baseline must be beaten.
+        run_id: The KFP run id, recorded in the report and model card.
+
+    Returns:
+        metrics: R², MAE, RMSE and bias (km) with 95% bounds, std ratio, n, each member's R²,
+            the baseline's R², and the bias per true-height range (bias_km_true_<range>,
+            n_true_<range>).
+        report: The HTML report (plots, tables, verdict).
+        model_card: The Markdown model card.
+        evaluation: metrics.json, predictions.csv, plots, stages.json, gate.json.
+        model: The shipped ensemble: ensemble.json and member-<i>.pt.
+        r2: The ensemble's R² on validation_flight.
+        r2_lo: Lower end of R²'s 95% interval.
+        r2_hi: Upper end of R²'s 95% interval.
+        std_ratio: std(prediction) / std(truth).
+        baseline_r2: The ridge baseline's R² on validation_flight.
+    """
     from collections import namedtuple
 
     from cloudml.steps import run_evaluate
-
-    # the body runs alone (KFP ships only this function's source), so the list lives here
-    logged = ("r2", "r2_lo", "r2_hi", "mae_km", "mae_km_lo", "mae_km_hi", "rmse_km", "rmse_km_lo",
-              "rmse_km_hi", "bias_km", "loss", "std_ratio", "n", "ensemble_size", "member_r2_min",
-              "member_r2_median", "member_r2_max", "baseline_r2")  # fmt: skip
+    from cloudml.steps.evaluation import ui_metrics
 
     m = run_evaluate(
         [s.path for s in shards],
@@ -62,11 +87,8 @@ def evaluate(
         skill_margin=skill_margin,
         run_id=run_id,
     )
-    for key in logged:
-        if key in m:
-            metrics.log_metric(key, float(m[key]))
-    for x in m["members"]:
-        metrics.log_metric(f"member_seed{x['seed']}_r2", float(x["r2"]))
+    for key, value in ui_metrics(m).items():
+        metrics.log_metric(key, value)
     model.metadata.update({"ensemble_size": int(m["ensemble_size"]), "r2": float(m["r2"])})
     out = namedtuple("EvalOutputs", ["r2", "r2_lo", "r2_hi", "std_ratio", "baseline_r2"])
     return out(*(float(m[k]) for k in ("r2", "r2_lo", "r2_hi", "std_ratio", "baseline_r2")))

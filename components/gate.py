@@ -22,6 +22,22 @@ def gate(
     flight: str,
     pipeline: str,
 ):
+    """Pass or fail the run on the ensemble's R² (a failed gate is a failed run, never
+    retried, and nothing is promoted).
+
+    Args:
+        r2: The ensemble's R² on the validation flight.
+        r2_lo: Lower end of R²'s 95% interval ("PASSED within noise" when below threshold).
+        r2_hi: Upper end of R²'s 95% interval.
+        std_ratio: std(prediction) / std(truth); a collapsed model has a ratio near 0.
+        baseline_r2: The ridge baseline's R².
+        threshold: R² must be above it.
+        min_std_ratio: std_ratio must be at least this (0 disables).
+        beat_baseline: Also require R² above baseline_r2 + skill_margin.
+        skill_margin: The margin over the baseline.
+        flight: The validation flight (named in the verdict).
+        pipeline: The preset (named in the verdict).
+    """
     from cloudml.steps import run_gate
 
     print(run_gate(r2, std_ratio, threshold, min_std_ratio, flight, pipeline,

@@ -25,7 +25,7 @@ from typing import Any
 from kfp import dsl, kubernetes
 
 from cloudml.cluster import settings as platform
-from cloudml.config import SECTIONS, load_config
+from cloudml.config import SECTIONS, key_help, load_config, pipeline_keys
 from cloudml.gate import (
     DEFAULT_BEAT_BASELINE,
     DEFAULT_MIN_STD_RATIO,
@@ -52,11 +52,24 @@ SETTINGS_KEYS = (
 )
 DEFAULT_RAW_URI = f"s3://{platform.MINIO_BUCKET}/raw"
 EXTRA_PARAMS: dict[str, tuple[type, Any]] = {
-    "raw_uri": (str, DEFAULT_RAW_URI),  # raw/<flight>/ lives under it (s3://, or a local dir)
-    "threshold": (float, DEFAULT_THRESHOLD),  # gate: R² must be above it
-    "min_std_ratio": (float, DEFAULT_MIN_STD_RATIO),  # gate: collapse check, 0 disables
-    "beat_baseline": (bool, DEFAULT_BEAT_BASELINE),  # gate: R² must beat the ridge baseline's
-    "skill_margin": (float, DEFAULT_SKILL_MARGIN),  # ... by more than this
+    "raw_uri": (str, DEFAULT_RAW_URI),
+    "threshold": (float, DEFAULT_THRESHOLD),
+    "min_std_ratio": (float, DEFAULT_MIN_STD_RATIO),
+    "beat_baseline": (bool, DEFAULT_BEAT_BASELINE),
+    "skill_margin": (float, DEFAULT_SKILL_MARGIN),
+}
+# What the Kubeflow UI shows beside each extra parameter (config keys: cloudml.config.key_help)
+EXTRA_HELP: dict[str, str] = {
+    "raw_uri": "Where the raw flights live: raw_uri/<flight>/{IRAI,CPL,nav}.h5 (s3://bucket/"
+    "prefix on MinIO, or a local directory).",
+    "threshold": "Gate: the ensemble's R² on validation_flight must be above this to pass "
+    "(and to be promoted).",
+    "min_std_ratio": "Gate: std(prediction) / std(truth) must be at least this; catches a "
+    "collapsed near-constant model. 0 disables the check.",
+    "beat_baseline": "Gate: also require R² above the ridge baseline's (global frame "
+    "statistics + solar angles) plus skill_margin.",
+    "skill_margin": "Gate, with beat_baseline: how far above the baseline's R² the "
+    "ensemble's must be.",
 }
 # Retries with exponential backoff: ingest and training resume from what they wrote
 # (a finished shard / last.pt), so a preempted pod picks up where it stopped.
@@ -73,14 +86,29 @@ def _param_type(typ: Any) -> type:
 
 
 def pipeline_parameters(preset: str) -> dict[str, tuple[type, Any]]:
-    """{name: (type, default)} of every pipeline parameter, defaults from the preset."""
+    """{name: (type, default)} of every pipeline parameter, defaults from the preset: the
+    config keys that are parameters (cloudml.config.pipeline_keys: a key with a single
+    implemented value, such as optimizer, is not one), then EXTRA_PARAMS."""
     flat = load_config(preset).flat()
-    params: dict[str, tuple[type, Any]] = {}
-    for cls in SECTIONS.values():
-        for key, typ in typing.get_type_hints(cls).items():
-            params[key] = (_param_type(typ), flat[key])
+    hints = {k: t for cls in SECTIONS.values() for k, t in typing.get_type_hints(cls).items()}
+    params = {key: (_param_type(hints[key]), flat[key]) for key in pipeline_keys()}
     params.update(EXTRA_PARAMS)
     return params
+
+
+def parameter_help() -> dict[str, str]:
+    """{parameter: description} for every pipeline parameter (what the UI shows)."""
+    config_help = key_help()
+    return {**{k: config_help[k] for k in pipeline_keys()}, **EXTRA_HELP}
+
+
+def args_docstring(summary: str, names: list[str], lead: dict[str, str] | None = None) -> str:
+    """A Google-style docstring (summary, then "Args:" with one entry per name): kfp turns
+    its Args section into the inputs' `description` fields of the compiled spec."""
+    helps = {**(lead or {}), **parameter_help()}
+    lines = [summary, "", "Args:"]
+    lines += [f"    {n}: {' '.join(helps[n].split())}" for n in names]
+    return "\n".join(lines)
 
 
 def _with_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
@@ -134,7 +162,7 @@ def _ingest_flights(
     # body with the loop item (kfp/local/orchestrator/task_spec_utils.py,
     # create_parameter_loop_iteration_task_spec), which would hand ingest a flight name as
     # its config. `.after(cfg)` keeps the up-front validation ordering.
-    with dsl.ParallelFor(p["flights"]) as flight:
+    with dsl.ParallelFor(p["flights"], name="ingest-each-flight") as flight:
         cfg_in_loop = _resolved_config(preset, p).after(cfg)
         fp = fingerprint(raw_uri=p["raw_uri"], flight=flight).after(cfg)
         _with_env(
@@ -155,14 +183,12 @@ def _train_member(preset: str, p: dict[str, Any], shards: Any, seed: Any, retry:
     """One member: its config (the run's, with its own seed), pretrain, finetune on the GPU
     pool; returns the finetune task."""
     cfg = _resolved_config(preset, {**p, "seed": seed})
-    pre = pretrain(shards=shards, config_json=cfg.output, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+    # No run id among the inputs (KFP's cache key): the stage state is keyed by code, config
+    # and data inside the task (steps.common.training_state_key), so an unchanged re-run is
+    # a cache hit and a retry on a new pod still resumes.
+    pre = pretrain(shards=shards, config_json=cfg.output)
     _with_env(_on_gpu(_retried(pre.set_display_name("pretrain"), retry)))
-    fin = finetune(
-        shards=shards,
-        config_json=cfg.output,
-        pretrained=pre.outputs["model"],
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    )
+    fin = finetune(shards=shards, config_json=cfg.output, pretrained=pre.outputs["model"])
     return _with_env(_on_gpu(_retried(fin.set_display_name("finetune"), retry)))
 
 
@@ -179,7 +205,9 @@ def build_members(preset: str, retry: dict[str, Any] | None, parallelism: int):
         p = dict(zip(names, args, strict=True))
         seeds = member_seeds(seed=p["seed"], ensemble_size=p["ensemble_size"])
         _on_cpu(seeds.set_display_name("member-seeds"), SMALL_TASK)
-        with dsl.ParallelFor(seeds.output, parallelism=parallelism) as seed:
+        with dsl.ParallelFor(
+            seeds.output, name="train-each-member", parallelism=parallelism
+        ) as seed:
             fin = _train_member(preset, p, shards, seed, retry)
         return dsl.Collected(fin.outputs["model"])
 
@@ -198,9 +226,15 @@ def build_members(preset: str, retry: dict[str, Any] | None, parallelism: int):
                                **{n: types[n] for n in names},
                                "return": list[dsl.Model]}  # fmt: skip
     members.__name__ = "train_members"
-    return dsl.pipeline(name="train-members", description="the ensemble's members, in parallel")(
-        members
+    members.__doc__ = (
+        args_docstring(
+            "The ensemble's members, in parallel: one pretrain + finetune chain per member seed.",
+            ["shards", *names],
+            {"shards": "Every flight's processed shard (the ingest fan-in)."},
+        )
+        + "\n\nReturns:\n    Output: The finetuned members (one Model per seed)."
     )
+    return dsl.pipeline(name="train-members")(members)
 
 
 def _graph(
@@ -287,11 +321,13 @@ def build_pipeline(preset: str = "tuned", retries: bool = True, parallelism: int
     training.__signature__ = inspect.Signature(sig)  # type: ignore[attr-defined]
     training.__annotations__ = {n: t for n, (t, _) in params.items()}
     training.__name__ = pipeline_name(preset).replace("-", "_")
-    description = (
-        f"CloudML CBH training, preset {preset}: ingest, an ensemble of ensemble_size members "
-        f"(pretrain + finetune each, on the GPU pool), evaluate, gate, promote"
+    training.__doc__ = args_docstring(
+        f"CloudML cloud-base-height training, preset {preset}: ingest every flight, train an "
+        "ensemble of ensemble_size members (pretrain + finetune each, on the GPU pool), "
+        "evaluate on validation_flight, gate, promote.",
+        names,
     )
-    return dsl.pipeline(name=pipeline_name(preset), description=description)(training)
+    return dsl.pipeline(name=pipeline_name(preset))(training)
 
 
 def compile_pipeline(preset: str, out: Path) -> Path:

@@ -8,7 +8,7 @@ import cloudml.training.stages as train
 from cloudml.cli import main
 from cloudml.errors import DataError
 from cloudml.evaluate import evaluate
-from cloudml.metrics import regression_metrics
+from cloudml.metrics import bias_by_height, regression_metrics
 from tests.support.train_fixtures import fast_cfg, write_shards
 
 
@@ -44,7 +44,8 @@ def test_evaluate_writes_consistent_outputs(trained):
     point = {"flight", "loss", "mae_km", "rmse_km", "r2", "std_ratio", "n", "bias_km"}
     intervals = {f"{k}_{s}" for k in ("r2", "mae_km", "rmse_km") for s in ("lo", "hi")}
     ensemble = {"ensemble_size", "members", "member_r2_min", "member_r2_median", "member_r2_max"}
-    assert set(m) == point | intervals | ensemble | {"bootstrap_block", "confidence"}
+    extra = {"bootstrap_block", "confidence", "bias_by_height"}
+    assert set(m) == point | intervals | ensemble | extra
     assert m["r2_lo"] < m["r2"] < m["r2_hi"] and m["ensemble_size"] == 1
     assert m["members"][0]["r2"] == m["r2"] == m["member_r2_min"] == m["member_r2_max"]
     with open(out / "predictions.csv") as f:
@@ -55,6 +56,13 @@ def test_evaluate_writes_consistent_outputs(trained):
     again = regression_metrics(y, p)
     assert again["r2"] == pytest.approx(m["r2"], abs=1e-4)
     assert again["mae_km"] == pytest.approx(m["mae_km"], abs=1e-4)
+    # bias per true-height range, from the same predictions; the counts add up to n
+    bins = m["bias_by_height"]
+    assert sum(b["n"] for b in bins.values()) == m["n"]
+    for label, b in bias_by_height(y, p).items():
+        assert bins[label]["n"] == b["n"]
+        if b["n"]:
+            assert bins[label]["bias_km"] == pytest.approx(b["bias_km"], abs=1e-4)
     for png in ("pred_vs_true.png", "residuals.png", "learning_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

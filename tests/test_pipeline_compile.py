@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from cloudml.cluster import settings as platform
-from cloudml.config import Config, load_config, preset_names
+from cloudml.config import Config, key_help, load_config, pipeline_keys, preset_names
 from cloudml.flights import FLIGHT_NAMES
 from pipelines.training import compile_pipeline
 
@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parents[1]
 def _config_keys() -> list[str]:
     cfg = Config()
     return [f.name for s in (cfg.data, cfg.model, cfg.train) for f in dataclasses.fields(s)]
+
+
+# config keys with one implemented value: config keys, not pipeline parameters
+SINGLE_VALUE_KEYS = {"optimizer", "scheduler"}
 
 
 @pytest.fixture(scope="module", params=preset_names())
@@ -56,6 +60,7 @@ def test_stages_and_dependencies(compiled):
     _, spec, _, _ = compiled
     root = spec["root"]["dag"]["tasks"]
     loop = next(k for k in root if k.startswith("for-loop"))
+    assert root[loop]["taskInfo"]["name"] == "ingest-each-flight"
     assert set(root) == {"resolve-config", loop, "train-members", "evaluate", "gate", "promote"}
     assert root[loop]["dependentTasks"] == ["resolve-config"]
     assert loop in root["train-members"]["dependentTasks"]
@@ -87,6 +92,7 @@ def test_every_member_trains_its_own_chain_under_a_parallel_for(compiled):
     _, spec, _, _ = compiled
     sub = spec["components"]["comp-train-members"]["dag"]["tasks"]
     loop = next(k for k in sub if k.startswith("for-loop"))
+    assert sub[loop]["taskInfo"]["name"] == "train-each-member"
     assert set(sub) == {"member-seeds", loop}
     assert sub[loop]["parameterIterator"]["items"]["inputParameter"].endswith("member-seeds-Output")
     assert sub[loop]["iteratorPolicy"]["parallelismLimit"] == platform.gpu_parallelism()
@@ -125,12 +131,15 @@ def test_parameters_are_every_config_key_with_preset_defaults(compiled):
     preset, spec, _, _ = compiled
     params = spec["root"]["inputDefinitions"]["parameters"]
     extra = {"raw_uri", "threshold", "min_std_ratio", "beat_baseline", "skill_margin"}
-    assert set(params) == set(_config_keys()) | extra
+    assert set(params) == set(_config_keys()) - SINGLE_VALUE_KEYS | extra
+    assert not SINGLE_VALUE_KEYS & set(params)
     assert params["beat_baseline"]["defaultValue"] is True
     assert params["skill_margin"]["defaultValue"] == 0.0
     assert params["ensemble_size"]["defaultValue"] == 3
     flat = load_config(preset).flat()
     for key, value in flat.items():
+        if key in SINGLE_VALUE_KEYS:
+            continue
         got = params[key]["defaultValue"]
         assert got == value, f"{key}: compiled default {got!r} != preset {value!r}"
     assert params["threshold"]["defaultValue"] == 0.3
@@ -142,9 +151,10 @@ def test_parameters_are_every_config_key_with_preset_defaults(compiled):
 def test_resolve_config_component_takes_every_config_key(compiled):
     _, spec, _, _ = compiled
     inputs = spec["components"]["comp-resolve-config"]["inputDefinitions"]["parameters"]
-    missing = set(_config_keys()) - set(inputs)
+    missing = set(pipeline_keys()) - set(inputs)
     assert not missing, f"components/config.py lacks config key(s) {sorted(missing)}"
-    assert set(inputs) == set(_config_keys()) | {"preset"}
+    assert set(inputs) == set(pipeline_keys()) | {"preset"}
+    assert set(pipeline_keys()) == set(_config_keys()) - SINGLE_VALUE_KEYS
 
 
 def test_gpu_placement_only_on_training_and_evaluation(compiled):
@@ -197,6 +207,84 @@ def test_ingest_cache_key_follows_raw_data(compiled):
     assert tasks["fingerprint"]["cachingOptions"].get("enableCache") is not True
     assert tasks["promote"]["cachingOptions"].get("enableCache") is not True
     assert tasks["pretrain"]["cachingOptions"]["enableCache"] is True
+
+
+def _runtime_placeholders(task: dict) -> list[str]:
+    """The inputs of a task that KFP fills per run ({{$.pipeline_job_...}} placeholders)."""
+    params = task["inputs"].get("parameters", {})
+    return [
+        k for k, v in params.items()
+        if "{{$." in str(v.get("runtimeValue", {}).get("constant", ""))
+    ]  # fmt: skip
+
+
+def test_training_cache_key_has_no_run_id(compiled):
+    """The cache key of a task is its inputs (plus image and command): pretrain and finetune
+    take only the shards, the member's config and (finetune) the pretrained model, so an
+    unchanged re-run hits the cache; evaluate and promote record the run id and never do."""
+    _, spec, _, text = compiled
+    tasks = _tasks(spec)
+    assert set(tasks["pretrain"]["inputs"]["parameters"]) == {"config_json"}
+    assert set(tasks["pretrain"]["inputs"]["artifacts"]) == {"shards"}
+    assert set(tasks["finetune"]["inputs"]["parameters"]) == {"config_json"}
+    assert set(tasks["finetune"]["inputs"]["artifacts"]) == {"shards", "pretrained"}
+    for name in ("resolve-config", "member-seeds", "ingest", "pretrain", "finetune"):
+        assert _runtime_placeholders(tasks[name]) == [], name
+        assert tasks[name]["cachingOptions"].get("enableCache") is True, name
+    # the counter-check: the placeholder is what the run id looks like in the spec
+    assert _runtime_placeholders(tasks["evaluate"]) == ["run_id"]
+    assert _runtime_placeholders(tasks["promote"]) == ["run_id"]
+    for name in ("pretrain", "finetune"):
+        inputs = spec["components"][f"comp-{name}"]["inputDefinitions"]["parameters"]
+        assert "run_id" not in inputs
+
+
+def test_every_parameter_and_component_is_described(compiled):
+    """What the Kubeflow UI shows: every root parameter has its description (config keys:
+    the one in cloudml.config), every input and output of every component has one, the
+    pipeline has one; group components (loops) carry the compiler's copies of root inputs."""
+    _, spec, _, _ = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    help_ = key_help()
+    for name, p in params.items():
+        assert p.get("description", "").strip(), f"root parameter {name} has no description"
+        if name in help_:
+            assert p["description"] == " ".join(help_[name].split()), name
+    assert spec["pipelineInfo"]["description"].strip()
+    for comp_name, comp in spec["components"].items():
+        if comp_name.startswith("comp-for-loop"):
+            continue
+        for kind in ("inputDefinitions", "outputDefinitions"):
+            for section in ("parameters", "artifacts"):
+                for name, d in comp.get(kind, {}).get(section, {}).items():
+                    assert d.get("description", "").strip(), f"{comp_name} {kind} {name}"
+
+
+def test_no_generated_display_names(compiled):
+    """No task or loop shows in the UI as for-loop-N or with a -2 suffix."""
+    _, spec, _, _ = compiled
+    import re
+
+    dags = [spec["root"]["dag"], *(c["dag"] for c in spec["components"].values() if "dag" in c)]
+    shown = [t["taskInfo"]["name"] for dag in dags for t in dag["tasks"].values()]
+    assert shown and not [n for n in shown if re.fullmatch(r"for-loop-\d+|.*-\d+", n)], shown
+    assert {"ingest-each-flight", "train-each-member"} <= set(shown)
+
+
+def test_every_component_has_a_docstring():
+    """kfp takes a component's description from its docstring (the IR has no field for it,
+    so it is checked on the component objects the pipeline is built from)."""
+    from kfp.dsl.base_component import BaseComponent
+
+    import components
+
+    found = {}
+    for path in sorted(Path(components.__file__).parent.glob("*.py")):
+        mod = importlib.import_module(f"components.{path.stem}")
+        found.update({n: c for n, c in vars(mod).items() if isinstance(c, BaseComponent)})
+    assert len(found) == 9, sorted(found)
+    for name, comp in found.items():
+        assert (comp.component_spec.description or "").strip(), name
 
 
 def test_credentials_only_from_secret_and_configmap(compiled):

@@ -61,6 +61,26 @@ def _histories(member_dirs: list[Path]) -> dict[str, Path]:
     return out
 
 
+# the scalars evaluate's KFP Metrics artifact shows (the UI lists them in this order)
+UI_METRICS = ("r2", "r2_lo", "r2_hi", "mae_km", "mae_km_lo", "mae_km_hi", "rmse_km",
+              "rmse_km_lo", "rmse_km_hi", "bias_km", "loss",
+              "std_ratio", "n", "ensemble_size", "member_r2_min", "member_r2_median",
+              "member_r2_max", "baseline_r2")  # fmt: skip
+
+
+def ui_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """evaluate's metrics -> the scalars of its Metrics artifact: UI_METRICS that are present,
+    the bias per true-height range (bias_km_true_<range>, n_true_<range>) and every member's
+    R² (member_seed<seed>_r2). Pure."""
+    from cloudml.metrics import flat_bias_metrics
+
+    out = {k: float(metrics[k]) for k in UI_METRICS if metrics.get(k) is not None}
+    out.update(flat_bias_metrics(metrics.get("bias_by_height", {})))
+    for x in metrics.get("members", []):
+        out[f"member_seed{x['seed']}_r2"] = float(x["r2"])
+    return out
+
+
 def run_evaluate(
     shard_dirs: list[str],
     config_json: str,

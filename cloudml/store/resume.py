@@ -1,5 +1,10 @@
 """Resume after preemption: training state synced to the artifact store, finished shards reused.
 
+In the pipeline the `run_id` of a training stage is not the KFP run id but `result_key(...)`
+of what determines the stage's result (code, config, data; steps.common.training_state_key):
+the run id would make every run's training inputs differ and so defeat KFP's cache, while
+the content key is the same for an unchanged re-run and for a retry on a new pod alike.
+
 A KFP retry after a lost node runs the task again on a NEW pod whose local disk is empty, so the
 stages' own resume (out_dir/last.pt) has nothing to resume from. Here a stage's state follows it
 into the store after every epoch and is brought back before the stage starts:
@@ -20,6 +25,7 @@ and KFP's cache (keyed on the raw-data fingerprint) reuses finished flights acro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -41,6 +47,14 @@ STATE_VERSION = 1
 # last.pt is the resume point; model.pt holds the best weights so far (only rewritten on a
 # better epoch, so it must travel too); history.json is what the report reads.
 STATE_FILES = ("history.json", "model.pt", "last.pt")  # restore order: last.pt goes last
+
+
+def result_key(parts: dict[str, Any]) -> str:
+    """A stage-state key from everything that determines a training stage's result (code,
+    config, input data; see steps.common.training_state_key): "k" + 24 hex digits of the
+    sha256 of their canonical JSON. Equal inputs give equal keys, across runs (pure)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return "k" + hashlib.sha256(blob).hexdigest()[:24]
 
 
 def state_prefix(pipeline: str, run_id: str, stage: str) -> str:
