@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from cloudml.errors import ConfigError
+from cloudml.fileio import check_input_file
 from cloudml.flights import FLIGHT_NAMES
 
 # cbh label range per filter_type, km (docs/physics.md, 'Label rules')
@@ -140,9 +141,7 @@ def preset_names() -> list[str]:
 def read_preset(name_or_path: str) -> dict[str, Any]:
     """The raw key/value mapping of a preset name (`tuned`) or a YAML file path."""
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise ConfigError(f"preset file {path} does not exist")
+        path = check_input_file(name_or_path, "preset file", ConfigError)
         text, where = path.read_text(), str(path)
     else:
         res = resources.files("cloudml.presets") / f"{name_or_path}.yaml"

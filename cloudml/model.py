@@ -297,4 +297,11 @@ def feature_size(cfg: ModelConfig) -> int:
     return channel_widths(cfg)[2]
 
 
-__all__ = ["CBHNet", "FastDropout", "N_SCALARS", "encode_scalars", "configure_checkpointing", "maybe_compile"]
+__all__ = [
+    "CBHNet",
+    "FastDropout",
+    "N_SCALARS",
+    "encode_scalars",
+    "configure_checkpointing",
+    "maybe_compile",
+]

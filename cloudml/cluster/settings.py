@@ -87,7 +87,12 @@ def gpu_pool() -> GpuPool:
     if taint:
         kv, sep, effect = taint.partition(":")
         key, sep2, value = kv.partition("=")
-        if not sep or not sep2 or not key or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute"):
+        if (
+            not sep
+            or not sep2
+            or not key
+            or effect not in ("NoSchedule", "PreferNoSchedule", "NoExecute")
+        ):
             raise ValueError(f"CLOUDML_GPU_TAINT must be key=value:Effect, got {taint!r}")
         pool = GpuPool(pool.label_key, pool.label_value, key, value, effect)
     return pool
