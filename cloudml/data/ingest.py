@@ -47,8 +47,10 @@ def resolve_files(raw_dir: Path, flight: str) -> tuple[Path, Path, Path]:
     f = get_flight(flight)  # ConfigError for an unknown flight
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        problem = input_problem(raw_dir) or "is not a directory"  # None: a plain file
-        raise DataError(f"{raw_dir}: raw directory {problem} (expected <flight>/ folders)")
+        problem = input_problem(raw_dir) or "is a file"  # None: a readable plain file
+        raise DataError(
+            f"{raw_dir}: {problem}; expected the raw directory holding <flight>/ folders"
+        )
     canonical = flight_paths(raw_dir, flight)
     folder = canonical[0].parent
     if not folder.is_dir():
