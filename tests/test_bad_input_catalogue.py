@@ -147,11 +147,7 @@ def _world(tmp_path: Path) -> None:
 
 def _files(root: Path) -> set[str]:
     """Every file and link under root (directories aside), as relative paths."""
-    return {
-        str(p.relative_to(root))
-        for p in root.rglob("*")
-        if p.is_symlink() or not p.is_dir()
-    }
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_symlink() or not p.is_dir()}
 
 
 @pytest.mark.parametrize("case", sorted(ROWS))
