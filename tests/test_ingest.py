@@ -9,6 +9,7 @@ from cloudml.config import load_config
 from cloudml.data import layout
 from cloudml.data import preprocess as pp
 from cloudml.data.ingest import format_summary, ingest_flight
+from cloudml.data.raw import bad_frames, constant_frames
 from cloudml.data.shard import read_shard
 from cloudml.data.timesync import span_gap_s
 from cloudml.errors import DataError
@@ -252,3 +253,10 @@ def test_synthetic_flight_end_to_end(tmp_path):
     assert np.abs(shard.dt_match_s).max() <= 0.5
     assert (shard.saa_deg >= 0).all() and (shard.saa_deg < 360).all()
     assert np.all(np.diff(shard.frame_index, axis=1) == 1)  # consecutive frames per window
+
+
+def test_constant_frames_are_finite_single_valued_frames_only():
+    block = np.stack([np.full((2, 3), 7.0), np.full((2, 3), np.inf), np.full((2, 3), np.nan),
+                      np.arange(6.0).reshape(2, 3)])  # fmt: skip
+    assert constant_frames(block).tolist() == [True, False, False, False]
+    assert bad_frames(block, fill=None).tolist() == [True, True, True, False]

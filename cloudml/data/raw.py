@@ -144,9 +144,10 @@ def check_irai(path: str | Path) -> IraiInfo:
 
 
 def constant_frames(block: np.ndarray) -> np.ndarray:
-    """(k,) bool for a (k, R, C) block: every pixel of the frame has the same value."""
+    """(k,) bool for a (k, R, C) block: every pixel of the frame has the same finite value
+    (a frame of NaN or Inf is bad for that reason, not counted here)."""
     flat = block.reshape(len(block), -1)
-    return (flat == flat[:, :1]).all(axis=1)
+    return (flat == flat[:, :1]).all(axis=1) & np.isfinite(flat[:, 0])
 
 
 def bad_frames(block: np.ndarray, fill: float | None) -> np.ndarray:
