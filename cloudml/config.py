@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from cloudml.errors import ConfigError
+from cloudml.fileio import check_input_file
 from cloudml.flights import FLIGHT_NAMES
 
 # cbh label range per filter_type, km (docs/physics.md, 'Label rules')
@@ -312,9 +313,7 @@ def preset_names() -> list[str]:
 def read_preset(name_or_path: str) -> dict[str, Any]:
     """The raw key/value mapping of a preset name (`tuned`) or a YAML file path."""
     if name_or_path.endswith((".yaml", ".yml")) or "/" in name_or_path:
-        path = Path(name_or_path)
-        if not path.is_file():
-            raise ConfigError(f"preset file {path} does not exist")
+        path = check_input_file(name_or_path, "preset file", ConfigError)
         text, where = path.read_text(), str(path)
     else:
         res = resources.files("cloudml.presets") / f"{name_or_path}.yaml"
@@ -383,6 +382,47 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     raise TypeError(f"unsupported config type for {key}: {typ}")
 
 
+# Sane bounds of every numeric key: (low, high, low inclusive, high inclusive). A value
+# outside them is a typo or a unit slip (batch_size=1000000000, seed=-1), never a setting
+# worth a run: the upper ends sit far above anything the presets or the seed's notes use.
+# tests/test_config_bounds.py fails when a numeric key has no entry here.
+SEED_MAX = 2**32 - 1 - MAX_ENSEMBLE  # members use seed..seed+K-1; NumPy seeds are uint32
+NUMERIC_BOUNDS: dict[str, tuple[float, float, bool, bool]] = {
+    "temporal_frames": (1, 32, True, True),  # frames per sample; the research uses 5
+    "clahe_clip_limit": (0.0, 1.0, True, True),  # 0 disables CLAHE
+    "attention_heads": (1, 256, True, True),  # must also divide the feature width
+    "learning_rate": (0.0, 1.0, False, True),
+    "warmup_steps": (0, 1_000_000, True, True),
+    "weight_decay": (0.0, 1.0, True, True),
+    "epochs": (1, 10_000, True, True),
+    "batch_size": (2, 4096, True, True),  # >= 2: BatchNorm needs two samples
+    "plateau_factor": (0.0, 1.0, False, False),
+    "plateau_patience": (0, 1000, True, True),
+    "loss_alpha": (0.0, 1.0, True, True),
+    "huber_delta": (0.0, 100.0, False, True),  # on the standardised target
+    "grad_clip": (0.0, 1e6, True, True),  # 0 = no clipping
+    "ema_decay": (0.0, 1.0, True, False),  # 0 = off
+    "early_stopping_patience": (1, 10_000, True, True),
+    "early_stopping_min_delta": (0.0, 1.0, True, True),  # standardised loss
+    "overweight_factor": (1.0, 1000.0, True, True),
+    "val_fraction": (0.0, 1.0, False, False),
+    "seed": (0, SEED_MAX, True, True),
+    "ensemble_size": (1, MAX_ENSEMBLE, True, True),  # each member is a full training run
+}
+_WHY_LOW = {"batch_size": " (BatchNorm needs two samples)", "ema_decay": " (0 = off)"}
+
+
+def bound_problem(key: str, value: float) -> str | None:
+    """The problem with `value` for numeric `key` under NUMERIC_BOUNDS, or None."""
+    lo, hi, lo_in, hi_in = NUMERIC_BOUNDS[key]
+    why = _WHY_LOW.get(key, "")
+    if not (value >= lo if lo_in else value > lo):  # also catches NaN
+        return f"{key}: must be {'>=' if lo_in else '>'} {lo}{why}, got {value}"
+    if not (value <= hi if hi_in else value < hi):
+        return f"{key}: must be {'<=' if hi_in else '<'} {hi}, got {value}"
+    return None
+
+
 def validate(cfg: Config) -> list[str]:
     """Every problem with a resolved config (empty when valid)."""
     d, m, t = cfg.data, cfg.model, cfg.train
@@ -401,59 +441,30 @@ def validate(cfg: Config) -> list[str]:
         p.append(
             "validation_flight must differ from overweight_flight (it is held out of training)"
         )
-    if d.temporal_frames < 1:
-        p.append(f"temporal_frames: must be >= 1, got {d.temporal_frames}")
+    for key in NUMERIC_BOUNDS:
+        section = (d, m, t)[list(SECTIONS).index(KEY_SECTION[key])]
+        if (problem := bound_problem(key, getattr(section, key))) is not None:
+            p.append(problem)
     a, b = d.swath_slice
     if not (0 <= a < b <= 512):
         p.append(f"swath_slice: need 0 <= start < stop <= 512 (full-frame rows), got [{a}, {b}]")
-    if not (0.0 <= d.clahe_clip_limit <= 1.0):
-        p.append(f"clahe_clip_limit: must be in [0, 1], got {d.clahe_clip_limit}")
     if d.filter_type not in CBH_RANGES_KM:
         p.append(f"filter_type: must be one of {sorted(CBH_RANGES_KM)}, got {d.filter_type!r}")
     if d.scale not in SCALES:
         p.append(f"scale: must be one of {list(SCALES)}, got {d.scale!r}")
-    if m.attention_heads < 1:
-        p.append(f"attention_heads: must be >= 1, got {m.attention_heads}")
-    elif (128 if m.memory_optimized else 256) % m.attention_heads:
-        width = 128 if m.memory_optimized else 256
+    width = 128 if m.memory_optimized else 256
+    if m.attention_heads >= 1 and width % m.attention_heads:
         p.append(f"attention_heads: must divide the feature width {width}, got {m.attention_heads}")
     if m.torch_compile_mode not in COMPILE_MODES:
         p.append(
             f"torch_compile_mode: must be one of {list(COMPILE_MODES)}, got {m.torch_compile_mode!r}"
         )
-    if not t.learning_rate > 0:
-        p.append(f"learning_rate: must be > 0, got {t.learning_rate}")
-    non_negative = ("warmup_steps", "plateau_patience", "weight_decay",
-                    "early_stopping_min_delta", "grad_clip")  # fmt: skip
-    for key in non_negative:
-        if getattr(t, key) < 0:
-            p.append(f"{key}: must be >= 0, got {getattr(t, key)}")
-    if t.epochs < 1:
-        p.append(f"epochs: must be >= 1, got {t.epochs}")
-    if t.batch_size < 2:
-        p.append(f"batch_size: must be >= 2 (BatchNorm needs two samples), got {t.batch_size}")
-    if t.early_stopping_patience < 1:
-        p.append(f"early_stopping_patience: must be >= 1, got {t.early_stopping_patience}")
-    if not t.overweight_factor >= 1.0:
-        p.append(f"overweight_factor: must be >= 1, got {t.overweight_factor}")
     if t.optimizer != "AdamW":
         p.append(f"optimizer: only 'AdamW' is implemented, got {t.optimizer!r}")
     if t.scheduler != "ReduceLROnPlateau":
         p.append(f"scheduler: only 'ReduceLROnPlateau' is implemented, got {t.scheduler!r}")
     if t.loss_type not in ("huber", "mse_mae"):
         p.append(f"loss_type: must be 'huber' or 'mse_mae', got {t.loss_type!r}")
-    if not (0.0 <= t.loss_alpha <= 1.0):
-        p.append(f"loss_alpha: must be in [0, 1], got {t.loss_alpha}")
-    if not t.huber_delta > 0:
-        p.append(f"huber_delta: must be > 0, got {t.huber_delta}")
-    if not (0.0 < t.plateau_factor < 1.0):
-        p.append(f"plateau_factor: must be in (0, 1), got {t.plateau_factor}")
-    if not (0.0 < t.val_fraction < 1.0):
-        p.append(f"val_fraction: must be in (0, 1), got {t.val_fraction}")
-    if not (0.0 <= t.ema_decay < 1.0):
-        p.append(f"ema_decay: must be in [0, 1) (0 = off), got {t.ema_decay}")
-    if not (1 <= t.ensemble_size <= MAX_ENSEMBLE):
-        p.append(f"ensemble_size: must be in [1, {MAX_ENSEMBLE}], got {t.ensemble_size}")
     return p
 
 

@@ -200,9 +200,13 @@ def gate_from_metrics_file(
 def add_command(sub: argparse._SubParsersAction) -> None:
     """`cloudml gate --metrics FILE`: print the verdict; exit 1 (GateFailed) when it fails."""
     p = sub.add_parser("gate", help="fail (exit 1) unless R² in a metrics.json beats the threshold")
-    p.add_argument("--metrics", type=Path, required=True, help="evaluate's metrics.json")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
-    p.add_argument("--min-std-ratio", type=float, default=DEFAULT_MIN_STD_RATIO)
+    p.add_argument("--metrics", type=Path, required=True, metavar="FILE",
+                   help="evaluate's metrics.json")  # fmt: skip
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"R² must exceed it (default {DEFAULT_THRESHOLD})")  # fmt: skip
+    p.add_argument("--min-std-ratio", type=float, default=DEFAULT_MIN_STD_RATIO,
+                   help="collapse check: std(prediction)/std(target) must reach it "
+                        f"(default {DEFAULT_MIN_STD_RATIO}; 0 disables)")  # fmt: skip
     p.add_argument("--skill-margin", type=float, default=DEFAULT_SKILL_MARGIN,
                    help="R² must beat the ridge baseline's by more than this")  # fmt: skip
     p.add_argument("--no-baseline", dest="beat_baseline", action="store_false",

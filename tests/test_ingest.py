@@ -8,8 +8,11 @@ from cloudml.cli import main
 from cloudml.config import load_config
 from cloudml.data import layout
 from cloudml.data import preprocess as pp
-from cloudml.data.ingest import ingest_flight
+from cloudml.data.ingest import format_summary, ingest_flight
+from cloudml.data.raw import bad_frames, constant_frames
 from cloudml.data.shard import read_shard
+from cloudml.data.timesync import span_gap_s
+from cloudml.errors import DataError
 from cloudml.fileio import sha256_file
 from tests.support.rawfiles import flight_arrays, truncate, write_flight
 
@@ -63,6 +66,48 @@ def test_each_used_frame_processed_once_and_local_binning(tmp_path, monkeypatch)
     assert len(calls) == 12
     assert s["bin_factor"] == 2 and shard.frame_shape == (27, 40)  # 64x80 -> 32x40, rows 3:30
     assert set(s["timings_s"]) >= {"read", "flat_field", "clahe", "write"}
+
+
+def test_constant_frames_dropped_counted_and_warned(tmp_path, caplog):
+    """A dead or stuck sensor writes frames of one value: bad frames, with a warning."""
+    a = flight_arrays(n_frames=30)
+    sig = a["signal"].copy()
+    sig[15] = 1234  # one frame, every pixel the same
+    irai, *_ = write_flight(tmp_path / "raw", "30Oct24", {**a, "signal": sig})
+    with caplog.at_level("WARNING", logger="cloudml.data.ingest"):
+        s = ingest_flight(tmp_path / "raw", "30Oct24", tmp_path / "o.h5", load_config("tuned"))
+    assert s["n_constant_frames"] == 1 and s["n_bad_frames"] == 1
+    assert s["dropped"]["bad_frame"] == 5  # T=5: the windows centred on frames 13..17
+    assert f"{irai}: {layout.IRAI_SIGNAL}: 1 of 30 frames are a single value" in caplog.text
+    assert "first at index 15" in caplog.text
+    assert "1 bad, 1 of them constant" in format_summary({**s, "out_path": "o.h5"})
+
+
+def test_span_gap_is_zero_when_spans_overlap_else_the_gap():
+    assert span_gap_s(np.array([0.0, 10.0]), np.array([5.0, 20.0])) == 0.0
+    assert span_gap_s(np.array([0.0, 10.0]), np.array([12.5, 20.0])) == 2.5
+    assert span_gap_s(np.array([30.0, 40.0]), np.array([12.5, 20.0])) == 10.0
+
+
+def test_time_ranges_that_do_not_overlap_name_both_files_and_spans(tmp_path):
+    a = flight_arrays(n_frames=30)
+    a["jday"] = a["jday"] + 2.0  # the CPL file two days later than the images
+    irai, cpl, _ = write_flight(tmp_path / "raw", "30Oct24", a)
+    with pytest.raises(DataError) as e:
+        ingest_flight(tmp_path / "raw", "30Oct24", tmp_path / "o.h5", load_config("tuned"))
+    msg = str(e.value)
+    assert msg.startswith(f"{cpl} and {irai}: the instruments' times do not overlap")
+    assert "CPL profiles 2024-11-01 18:00:00 .. 2024-11-01 18:00:29 UTC" in msg
+    assert "IRAI frames 2024-10-30 18:00:00 .. 2024-10-30 18:00:29 UTC" in msg
+    assert not (tmp_path / "o.h5").exists()
+
+
+def test_no_matched_samples_reports_both_spans(tmp_path):
+    a = flight_arrays(n_frames=30)
+    a["base"][:] = layout.CPL_FILL  # overlapping times, but no usable profile
+    write_flight(tmp_path / "raw", "30Oct24", a)
+    with pytest.raises(DataError, match=r"no matched samples .*fill=30; CPL profiles 2024-10-30"):
+        ingest_flight(tmp_path / "raw", "30Oct24", tmp_path / "o.h5", load_config("tuned"))
 
 
 def test_nan_inf_and_fill_frames_dropped_and_counted(tmp_path):
@@ -208,3 +253,10 @@ def test_synthetic_flight_end_to_end(tmp_path):
     assert np.abs(shard.dt_match_s).max() <= 0.5
     assert (shard.saa_deg >= 0).all() and (shard.saa_deg < 360).all()
     assert np.all(np.diff(shard.frame_index, axis=1) == 1)  # consecutive frames per window
+
+
+def test_constant_frames_are_finite_single_valued_frames_only():
+    block = np.stack([np.full((2, 3), 7.0), np.full((2, 3), np.inf), np.full((2, 3), np.nan),
+                      np.arange(6.0).reshape(2, 3)])  # fmt: skip
+    assert constant_frames(block).tolist() == [True, False, False, False]
+    assert bad_frames(block, fill=None).tolist() == [True, True, True, False]

@@ -26,8 +26,10 @@ from typing import Any, TypeVar
 
 from cloudml import __version__
 from cloudml.cluster import settings as platform
-from cloudml.config import load_config, parse_overrides, preset_names
+from cloudml.config import load_config, parse_overrides
+from cloudml.config_cli import add_config_args
 from cloudml.errors import CloudMLError, ConfigError
+from cloudml.fileio import check_output_file
 from pipelines.training import compile_pipeline, pipeline_name
 
 log = logging.getLogger(__name__)
@@ -305,30 +307,31 @@ def schedule(
 
 
 # --- CLI -----------------------------------------------------------------------------------
-def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pipeline", default="tuned", help=f"preset ({', '.join(preset_names())})")
+def _add_common(p: argparse.ArgumentParser, overrides: bool = True) -> None:
+    """--preset (alias --pipeline), a name only since it names the pipeline; --set where the
+    command starts runs (compile has none: every key is a run parameter)."""
+    add_config_args(p, names_only=True, overrides=overrides)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="run parameter override (a config key), repeatable")  # fmt: skip
-    p.add_argument("--threshold", type=float, default=None, help="gate threshold (default 0.3)")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="gate: the validation R² must exceed it (default 0.3)")  # fmt: skip
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    out = args.out or Path("build/pipelines") / f"{args.pipeline}.yaml"
-    print(compile_pipeline(args.pipeline, out))
+    out = check_output_file(args.out or Path("build/pipelines") / f"{args.preset}.yaml")
+    print(compile_pipeline(args.preset, out))
     return 0
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    res = submit(args.pipeline, args.overrides, args.threshold)
+    res = submit(args.preset, args.overrides, args.threshold)
     print(f"run {res['run_id']} started: {res['link']}")
     return 0
 
 
 def _cmd_schedule(args: argparse.Namespace) -> int:
-    res = schedule(args.pipeline, args.cron, args.overrides, args.threshold)
+    res = schedule(args.preset, args.cron, args.overrides, args.threshold)
     if res["replaced"]:
         print(f"replaced recurring run(s) {', '.join(res['replaced'])}")
     print(f"recurring run {res['recurring_run_id']} on '{res['cron']}' (UTC): {res['link']}")
@@ -337,8 +340,9 @@ def _cmd_schedule(args: argparse.Namespace) -> int:
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compile", help="compile a preset's pipeline to YAML")
-    _add_common(p)
-    p.add_argument("--out", type=Path, default=None, help="default build/pipelines/<pipeline>.yaml")
+    _add_common(p, overrides=False)
+    p.add_argument("--out", type=Path, default=None, metavar="FILE",
+                   help="pipeline YAML to write (default build/pipelines/<preset>.yaml)")  # fmt: skip
     p.set_defaults(func=_cmd_compile)
 
     p = sub.add_parser("submit", help="compile, upload and start a run on $KFP_HOST")

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from cloudml.config_cli import add_config_args, config_from_args
 from cloudml.data import layout, preprocess, raw, timesync
 from cloudml.data.shard import Shard, write_shard
 from cloudml.errors import DataError
-from cloudml.fileio import sha256_file
+from cloudml.fileio import check_input_file, check_output_file, input_problem, sha256_file
 from cloudml.flights import flight_paths, get_flight
 
 log = logging.getLogger(__name__)
@@ -38,23 +40,33 @@ def resolve_files(raw_dir: Path, flight: str) -> tuple[Path, Path, Path]:
 
     The campaign file name is used when present; otherwise exactly one file in the flight
     folder with the same instrument prefix (a re-processed CPL granule carries a new
-    version string) is accepted with a warning. Anything else is a DataError naming the
-    missing path.
+    version string) is accepted with a warning. A campaign name that exists but is not a
+    readable file (a directory, a symlink loop, a dangling link) is reported as such, never
+    replaced by a look-alike. Anything else is a DataError naming the missing path.
     """
     f = get_flight(flight)  # ConfigError for an unknown flight
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        problem = input_problem(raw_dir) or "is a file"  # None: a readable plain file
+        raise DataError(
+            f"{raw_dir}: {problem}; expected the raw directory holding <flight>/ folders"
+        )
     canonical = flight_paths(raw_dir, flight)
+    folder = canonical[0].parent
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no folder for flight {flight} in raw directory {raw_dir}")
     prefixes = (f"{f.campaign}_IRAI_L1B_", "CPL_L2_", f"CRS_{f.date}")
     out: list[Path] = []
     for path, prefix in zip(canonical, prefixes, strict=True):
-        if path.is_file():
-            out.append(path)
+        if os.path.lexists(path):  # there, but maybe a directory, a loop or unreadable
+            out.append(check_input_file(path, "raw file"))
             continue
-        alike = sorted(path.parent.glob(f"{prefix}*")) if path.parent.is_dir() else []
+        alike = sorted(folder.glob(f"{prefix}*"))
         if len(alike) != 1:
             found = f" (found {[p.name for p in alike]})" if alike else ""
             raise DataError(f"{path}: missing raw file for flight {flight}{found}")
         log.warning("%s: not found, using %s", path, alike[0].name)
-        out.append(alike[0])
+        out.append(check_input_file(alike[0], "raw file"))
     return out[0], out[1], out[2]
 
 
@@ -110,7 +122,8 @@ class RawFlight:
 class ImageScan:
     """What the pass over the IRAI images learns besides the candidate frames."""
 
-    bad: np.ndarray  # (N,) bool: the raw frame has a NaN/Inf or sensor-fill pixel
+    bad: np.ndarray  # (N,) bool: the raw frame has a NaN/Inf or sensor-fill pixel, or is constant
+    constant: np.ndarray  # (N,) bool: every pixel of the raw frame has one value (dead sensor)
     ref_sum: np.ndarray  # (H, W) float64 sum of the flat-field reference frames
     ref_n: int  # how many frames ref_sum holds
 
@@ -121,7 +134,52 @@ def read_raw_flight(raw_dir: Path, flight: str) -> RawFlight:
     info = raw.check_irai(irai_p)
     cpl = raw.read_cpl(cpl_p)
     nav = raw.read_nav(nav_p, info.n_frames)
-    return RawFlight(irai_p, cpl_p, nav_p, info, cpl, nav)
+    rf = RawFlight(irai_p, cpl_p, nav_p, info, cpl, nav)
+    check_time_overlap(rf)
+    return rf
+
+
+def _utc(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def time_spans(rf: RawFlight) -> str:
+    """Both instruments' time spans in UTC, for messages about matching."""
+    ct, ft = rf.cpl.time_utc, rf.info.time_utc
+    return (
+        f"CPL profiles {_utc(ct.min())} .. {_utc(ct.max())} UTC, "
+        f"IRAI frames {_utc(ft[0])} .. {_utc(ft[-1])} UTC"
+    )
+
+
+def check_time_overlap(rf: RawFlight) -> None:
+    """DataError naming both files and both time spans when the CPL profiles and the IRAI
+    frames do not overlap in time at all: every profile would be dropped as no_frame, and
+    the cause is a wrong file (another flight) or a wrong year in the CPL file name."""
+    gap = timesync.span_gap_s(rf.cpl.time_utc, rf.info.time_utc)
+    if gap > timesync.MAX_DT_S:
+        raise DataError(
+            f"{rf.cpl_path} and {rf.irai_path}: the instruments' times do not overlap "
+            f"({time_spans(rf)}; {gap:.0f} s apart). Check that the files are of one flight "
+            f"and the CPL file name's year ({rf.cpl.year})"
+        )
+
+
+def warn_constant_frames(scan: ImageScan, irai_path: Path) -> None:
+    """Warn about constant frames (a dead or stuck sensor); every frame constant is an error."""
+    n, total = int(scan.constant.sum()), len(scan.constant)
+    if n == total:
+        raise DataError(
+            f"{irai_path}: {layout.IRAI_SIGNAL}: every one of the {total} frames is a single "
+            "value throughout (a dead or stuck sensor?); nothing to learn from"
+        )
+    if n:
+        first = int(np.flatnonzero(scan.constant)[0])
+        log.warning(
+            "%s: %s: %d of %d frames are a single value throughout (dead or stuck sensor?), "
+            "first at index %d; their windows are dropped as bad_frame",
+            irai_path, layout.IRAI_SIGNAL, n, total, first,
+        )  # fmt: skip
 
 
 def frame_geometry(rf: RawFlight, cfg: Config) -> tuple[int, tuple[int, int]]:
@@ -159,10 +217,12 @@ def read_frames(
     h, w = rows[1] - rows[0], info.cols // factor
     store = np.empty((len(candidates), h, w), np.float32)  # (K, H, W) binned + sliced
     bad = np.zeros(info.n_frames, bool)
+    constant = np.zeros(info.n_frames, bool)
     ref_sum, ref_n = np.zeros((h, w), np.float64), 0
     for start, blk, b in raw.iter_irai(info):
         stop = start + len(blk)
         bad[start:stop] = b
+        constant[start:stop] = raw.constant_frames(blk)
         sel = np.arange(start, stop)
         need = np.isin(sel, candidates)
         take_ref = np.zeros(len(blk), bool)
@@ -178,7 +238,7 @@ def read_frames(
             ref_n += int(take_ref.sum())
         if need.any():
             store[np.searchsorted(candidates, sel[need])] = frames[need[want]]
-    return store, ImageScan(bad, ref_sum, ref_n)
+    return store, ImageScan(bad, constant, ref_sum, ref_n)
 
 
 def select_used_frames(
@@ -194,7 +254,7 @@ def select_used_frames(
         raise DataError(
             f"flight {flight}: no matched samples from {len(rf.cpl.time_utc)} CPL profiles in "
             f"{rf.cpl_path} against {rf.info.n_frames} frames of {rf.irai_path} "
-            f"(dropped: {counts or 'none'})"
+            f"(dropped: {counts or 'none'}; {time_spans(rf)})"
         )
     used = np.unique(m.window)  # (F,) frames some window needs, each processed once
     if len(used) == len(candidates):  # the usual case: no copy of a ~1 GB array
@@ -246,6 +306,7 @@ def shard_summary(
         "n_raw_frames": rf.info.n_frames,
         "n_profiles": int(len(rf.cpl.time_utc)),
         "n_bad_frames": int(scan.bad.sum()),
+        "n_constant_frames": int(scan.constant.sum()),
         "dropped": m.dropped,
         "dt_abs_s": m.dt_abs_s,
         "nav_filled": {"sza": rf.nav.n_sza_filled, "saa": rf.nav.n_saa_filled},
@@ -268,6 +329,7 @@ def ingest_flight(raw_dir: Path, flight: str, out_path: Path, cfg: Config) -> di
     candidates = np.unique(match_samples(rf, cfg, None).window)  # (K,) sorted frame indices
     sw.lap("match")
     store, scan = read_frames(rf.info, candidates, factor, rows, cfg.data.flat_field_correction)
+    warn_constant_frames(scan, rf.irai_path)
     sw.lap("read")
     m = match_samples(rf, cfg, scan.bad)
     used, table, frame_index = select_used_frames(rf, flight, m, store, candidates)
@@ -315,7 +377,9 @@ def format_summary(s: dict) -> str:
     dt = s["dt_abs_s"]
     lines = [
         f"flight {s['flight']}: {s['n_samples']} samples from {s['n_profiles']} CPL profiles, "
-        f"{s['n_frames']} of {s['n_raw_frames']} frames used ({s['n_bad_frames']} bad), "
+        f"{s['n_frames']} of {s['n_raw_frames']} frames used ({s['n_bad_frames']} bad"
+        + (f", {n} of them constant" if (n := s.get("n_constant_frames", 0)) else "")
+        + "), "
         f"frame {s['frame_shape'][0]}x{s['frame_shape'][1]} (scale {s['scale']}, bin {s['bin_factor']})",
         "dropped: " + ", ".join(f"{k}={v}" for k, v in s["dropped"].items()),
         f"|dt| s: p50={dt['p50']:.3f} p95={dt['p95']:.3f} max={dt['max']:.3f}",
@@ -329,6 +393,7 @@ def format_summary(s: dict) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
+    check_output_file(args.out)  # before any work: a directory or a file in the way
     cfg = config_from_args(args)
     if args.scale:
         cfg = replace(cfg, scale=args.scale)
@@ -341,9 +406,11 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("ingest", help="raw flight files -> processed shard (one flight)")
-    p.add_argument("--raw", required=True, help="raw directory holding <flight>/ folders")
+    p.add_argument("--raw", required=True, metavar="DIR",
+                   help="raw directory holding <flight>/ folders")  # fmt: skip
     p.add_argument("--flight", required=True, help="flight name, e.g. 30Oct24")
-    p.add_argument("--out", required=True, help="output shard path (.h5)")
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="output shard path (.h5), written atomically")  # fmt: skip
     p.add_argument("--scale", choices=("local", "full"), help="override the config's scale")
     p.add_argument("--json", action="store_true", help="also print the full summary as JSON")
     add_config_args(p)

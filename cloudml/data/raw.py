@@ -4,7 +4,9 @@ Every reader first checks its file against the layout in docs/physics.md, 'Raw f
 (datasets present, ranks, numeric dtypes, lengths that must agree, finite and ordered time
 stamps) and only then reads. Any violation is a DataError naming the file, the HDF5 dataset
 path and what was expected. Bad *pixels* are not fatal: a frame holding NaN/Inf or the sensor
-fill is flagged in `bad` and the windows touching it are dropped later (reason "bad_frame").
+fill, or one that is a single value throughout (a dead or stuck sensor: no scene in it, and
+z-scoring it would divide by a zero spread), is flagged in `bad` and the windows touching it
+are dropped later (reason "bad_frame"); ingest warns about constant frames.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import numpy as np
 from cloudml.data import layout
 from cloudml.data.timesync import cpl_julian_to_epoch
 from cloudml.errors import DataError
+from cloudml.fileio import check_input_file
 from cloudml.flights import year_from_cpl_filename
 
 
@@ -63,10 +66,9 @@ class NavData:
 
 # --- helpers -------------------------------------------------------------------------------
 def _open(path: Path) -> h5py.File:
-    """Open an HDF5 file read-only; a missing, truncated or corrupt file is a DataError."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
+    """Open an HDF5 file read-only; a missing, truncated or corrupt file (or a directory,
+    a symlink loop, an unreadable file in its place) is a DataError naming it."""
+    path = check_input_file(path)
     try:
         return h5py.File(path, "r")
     except OSError as e:
@@ -141,10 +143,18 @@ def check_irai(path: str | Path) -> IraiInfo:
         return IraiInfo(path, n, rows, cols, sig.dtype, fill, t)
 
 
-def bad_frames(block: np.ndarray, fill: float | None) -> np.ndarray:
-    """(k,) bool for a (k, R, C) block: any pixel NaN/Inf or equal to the sensor fill."""
+def constant_frames(block: np.ndarray) -> np.ndarray:
+    """(k,) bool for a (k, R, C) block: every pixel of the frame has the same finite value
+    (a frame of NaN or Inf is bad for that reason, not counted here)."""
     flat = block.reshape(len(block), -1)
-    bad = ~np.isfinite(flat).all(axis=1)
+    return (flat == flat[:, :1]).all(axis=1) & np.isfinite(flat[:, 0])
+
+
+def bad_frames(block: np.ndarray, fill: float | None) -> np.ndarray:
+    """(k,) bool for a (k, R, C) block: any pixel NaN/Inf or equal to the sensor fill, or
+    the frame constant (constant_frames)."""
+    flat = block.reshape(len(block), -1)
+    bad = ~np.isfinite(flat).all(axis=1) | constant_frames(block)
     if fill is not None:
         bad |= (flat == fill).any(axis=1)
     return bad

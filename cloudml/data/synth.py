@@ -47,6 +47,7 @@ from cloudml.data.synth_physics import (
     view_frame,
 )
 from cloudml.errors import ConfigError
+from cloudml.fileio import check_output_dir
 from cloudml.flights import FLIGHT_NAMES, get_flight
 
 # the tables and building blocks stay reachable as synth.<name>, as the tests use them
@@ -236,15 +237,23 @@ def parse_frame_size(text: str) -> tuple[int, int]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.seed < 0:  # NumPy seeds are non-negative; found as a traceback from outside
+        raise ConfigError(f"--seed: must be >= 0, got {args.seed}")
+    check_output_dir(args.out)
     flights = [f.strip() for f in args.flights.split(",") if f.strip()]
+    if not flights:
+        raise ConfigError(f"--flights: no flight named in {args.flights!r}")
     write_campaign(args.out, args.seed, parse_frame_size(args.frame_size), flights)
     return 0
 
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("synth", help="write the synthetic six-flight campaign in the raw layout")
-    p.add_argument("--out", required=True, help="output directory (one folder per flight)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory (one folder per flight, each replaced atomically)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0,
+                   help="campaign seed, >= 0 (default 0); the same seed simulates the same campaign")  # fmt: skip
     p.add_argument("--frame-size", default="local", help="ROWSxCOLS, 'local' (26x32) or 'full'")
-    p.add_argument("--flights", default=",".join(FLIGHT_NAMES), help="comma-separated subset")
+    p.add_argument("--flights", default=",".join(FLIGHT_NAMES),
+                   help="comma-separated subset (default all six)")  # fmt: skip
     p.set_defaults(func=_run)

@@ -166,6 +166,12 @@ def match_profiles(
     )
 
 
+def span_gap_s(a: np.ndarray, b: np.ndarray) -> float:
+    """Seconds between the time spans [min, max] of `a` and `b`: 0 when they overlap, else
+    the gap between the end of the earlier and the start of the later."""
+    return float(max(0.0, np.min(b) - np.max(a), np.min(a) - np.max(b)))
+
+
 def dt_stats(dt: np.ndarray) -> dict[str, float | None]:
     """p50 / p95 / max of |dt| in seconds (None when there are no samples)."""
     if len(dt) == 0:

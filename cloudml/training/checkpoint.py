@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cloudml.config import ModelConfig
+from cloudml.config import Config, ModelConfig
 from cloudml.errors import ConfigError, DataError
-from cloudml.fileio import atomic_path, sha256_file
+from cloudml.fileio import atomic_path, check_input_file, sha256_file
 from cloudml.model import CBHNet
 
 log = logging.getLogger(__name__)
@@ -35,17 +37,34 @@ def save_checkpoint(path: Path, obj: dict[str, Any]) -> None:
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """The checkpoint at `path`, loaded on the CPU; DataError (naming the file) when it is
     missing, unreadable or lacks an entry every checkpoint has."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: checkpoint does not exist")
+    path = check_input_file(path, "checkpoint")  # missing, a directory, a loop, unreadable
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle/zip errors have many types
-        raise DataError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: not a readable checkpoint ({load_error_reason(e)})") from None
+    if not isinstance(ck, dict):
+        raise DataError(f"{path}: not a readable checkpoint (holds a {type(ck).__name__})")
     for key in ("model", "model_config", "temporal_frames", "scalers", "stage"):
         if key not in ck:
             raise DataError(f"{path}: checkpoint has no {key!r} entry")
     return ck
+
+
+def load_error_reason(e: Exception) -> str:
+    """Why torch.load(weights_only=True) failed, in our words. torch's own text advises
+    re-running with weights_only=False, which would let the file run code: never shown."""
+    text = str(e)
+    if isinstance(e, pickle.UnpicklingError):
+        detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln), "")
+        return (
+            "it holds pickled objects beyond tensors and plain data, refused without "
+            f"running them{': ' + detail if detail else ''}"
+        )
+    first = text.splitlines()[0] if text else ""
+    if "PytorchStreamReader" in first:  # the zip container is cut short or not a zip
+        return f"truncated or corrupt: {first.split('. This is an internal', 1)[0]}"
+    sentences = [x for x in first.split(". ") if "weights_only" not in x]
+    return f"{type(e).__name__}: {'. '.join(sentences)}".rstrip(": ")
 
 
 def load_weights(net: nn.Module, state: dict[str, torch.Tensor], where: str | Path) -> None:
@@ -91,6 +110,41 @@ def model_from_checkpoint(ck: dict[str, Any], where: str | Path) -> CBHNet:
     net = CBHNet(mcfg, int(ck["temporal_frames"]))
     load_weights(net, ck["model"], where)
     return net.eval()
+
+
+# keys that decide the network's layers: the architecture always comes from the checkpoint
+ARCHITECTURE_KEYS = ("memory_optimized", "use_spatial_attention", "use_temporal_attention",
+                     "use_multiscale_temporal", "attention_heads", "temporal_frames")  # fmt: skip
+
+
+def architecture_conflicts(cfg: Config, overridden: Iterable[str], ck: dict[str, Any]) -> list[str]:
+    """The `overridden` architecture keys whose value in `cfg` differs from the checkpoint's,
+    as "key=<cfg value> (checkpoint: <its value>)"."""
+    flat = cfg.flat()
+    own = {**ck["model_config"], "temporal_frames": int(ck["temporal_frames"])}
+    return [
+        f"{k}={flat[k]} (checkpoint: {own[k]})"
+        for k in ARCHITECTURE_KEYS
+        if k in overridden and k in own and own[k] != flat[k]
+    ]
+
+
+def check_architecture_overrides(
+    cfg: Config, overridden: Iterable[str], checkpoints: Iterable[str | Path]
+) -> None:
+    """ConfigError when an explicit override (--set) of an architecture key disagrees with a
+    checkpoint. The network is rebuilt from the checkpoint's own config (its weights fit no
+    other), so such an override cannot be honoured; ignoring it silently would report
+    metrics of a model the user did not ask for."""
+    overridden = set(overridden)
+    for path in checkpoints:
+        conflicts = architecture_conflicts(cfg, overridden, load_checkpoint(Path(path)))
+        if conflicts:
+            raise ConfigError(
+                f"{path}: --set {', '.join(conflicts)}: the architecture comes from the "
+                "checkpoint and cannot be overridden; drop the override or give a checkpoint "
+                "trained with it"
+            )
 
 
 # --- checkpoints between stages ----------------------------------------------------------------

@@ -26,7 +26,7 @@ import torch
 from cloudml.config import Config
 from cloudml.config_cli import add_config_args, config_from_args
 from cloudml.errors import DataError
-from cloudml.fileio import write_json
+from cloudml.fileio import check_input_file, check_output_dir, write_json
 from cloudml.model import CBHNet
 from cloudml.training.checkpoint import check_resumable, load_checkpoint, load_weights
 from cloudml.training.data import Pool, fit_scalers, load_pool, shards_from_paths, time_split
@@ -180,6 +180,9 @@ def finetune(
 # --- CLI ------------------------------------------------------------------------------------
 def _cmd(args: argparse.Namespace) -> int:
     """`cloudml pretrain` / `cloudml finetune`: run the stage, print its summary."""
+    check_output_dir(args.out)  # before any work: a file in the way
+    for path in (*args.shard, *([args.pretrained] if args.command == "finetune" else [])):
+        check_input_file(path, "shard" if path in args.shard else "checkpoint")
     cfg = config_from_args(args)
     shards = shards_from_paths(args.shard)
     if args.command == "pretrain":
