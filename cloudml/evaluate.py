@@ -222,7 +222,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="a member's model.pt (repeat for an ensemble)",
     )
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="output directory: metrics.json, predictions.csv, plots")  # fmt: skip
     p.add_argument(
         "--history", action="append", default=[], metavar="NAME=PATH", help="history.json per stage"
     )
@@ -233,9 +234,14 @@ def add_command(sub: argparse._SubParsersAction) -> None:
 def _eval_cmd(args: argparse.Namespace) -> int:
     """Score the validation flight's shard of the --shard list; the training flights' shards
     among them fit the baseline."""
+    from cloudml.config import parse_overrides
+    from cloudml.fileio import check_output_dir
+    from cloudml.training.checkpoint import check_architecture_overrides
     from cloudml.training.data import shards_from_paths
 
     cfg = config_from_args(args)
+    check_output_dir(args.out)
+    check_architecture_overrides(cfg, parse_overrides(args.overrides), args.checkpoint)
     shards = shards_from_paths(args.shard)
     val = cfg.data.validation_flight
     if val not in shards:

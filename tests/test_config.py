@@ -115,5 +115,5 @@ def test_cli_config_json(capsys):
 
 
 def test_cli_config_error_exit(capsys):
-    assert main(["config", "--set", "learning_rate=0"]) == 2
+    assert main(["config", "--set", "learning_rate=0"]) == 1
     assert "learning_rate: must be > 0" in capsys.readouterr().err

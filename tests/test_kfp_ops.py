@@ -100,7 +100,7 @@ def test_schedule_replaces_existing_schedule(standin, capsys):
 
 
 def test_schedule_rejects_five_field_cron_before_contacting_server(standin, capsys):
-    assert main(["schedule", "--pipeline", "tuned", "--cron", "0 6 * * 1"]) == 2
+    assert main(["schedule", "--pipeline", "tuned", "--cron", "0 6 * * 1"]) == 1
     assert "six fields" in capsys.readouterr().err
     assert standin.requests == []
 
@@ -138,7 +138,7 @@ def test_run_parameters_rejects_unknown_key():
 
 def test_missing_kfp_host(monkeypatch, capsys):
     monkeypatch.delenv("KFP_HOST", raising=False)
-    assert main(["submit", "--pipeline", "tuned"]) == 2
+    assert main(["submit", "--pipeline", "tuned"]) == 1
     assert "KFP_HOST is not set" in capsys.readouterr().err
 
 
@@ -148,7 +148,7 @@ def test_unreachable_host_names_it(monkeypatch, capsys, tmp_path):
         port = s.getsockname()[1]
     monkeypatch.setenv("KFP_HOST", f"http://127.0.0.1:{port}")
     monkeypatch.chdir(tmp_path)
-    assert main(["submit", "--pipeline", "tuned"]) == 2
+    assert main(["submit", "--pipeline", "tuned"]) == 1
     err = capsys.readouterr().err
     assert f"127.0.0.1:{port}" in err and "unreachable" in err
 
@@ -156,7 +156,7 @@ def test_unreachable_host_names_it(monkeypatch, capsys, tmp_path):
 def test_rejected_token_names_host(monkeypatch, tmp_path, capsys):
     with KfpStandin(token="right") as s:
         _point_at(s, monkeypatch, tmp_path, token="wrong")
-        assert main(["submit", "--pipeline", "tuned"]) == 2
+        assert main(["submit", "--pipeline", "tuned"]) == 1
     err = capsys.readouterr().err
     assert s.url in err and "HTTP 401" in err and "KFP_TOKEN" in err
 
@@ -171,6 +171,6 @@ def test_token_is_sent_as_bearer(monkeypatch, tmp_path):
 def test_server_rejection_is_a_clear_error(standin, capsys):
     # listed but unknown to the version store: upload_version answers 404
     standin.pipelines["ghost"] = {"pipeline_id": "ghost", "display_name": "cloudml-tuned"}
-    assert main(["submit", "--pipeline", "tuned"]) == 2
+    assert main(["submit", "--pipeline", "tuned"]) == 1
     err = capsys.readouterr().err
     assert standin.url in err and "rejected upload of a version of cloudml-tuned" in err

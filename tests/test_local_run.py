@@ -86,7 +86,7 @@ def test_collect_shards_rejects_duplicates(tmp_path):
 def test_bad_override_fails_before_anything_runs(tmp_path, capsys):
     rc = main(["run", "--set", "epochs=0", "--data-dir", str(tmp_path / "raw"),
                "--runs-dir", str(tmp_path / "runs")])  # fmt: skip
-    assert rc == 2 and "epochs: must be >= 1" in capsys.readouterr().err
+    assert rc == 1 and "epochs: must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "raw").exists() and not (tmp_path / "runs").exists()
 
 

@@ -96,7 +96,7 @@ def test_bad_raw_file_through_cli(tmp_path, capsys, kind):
     which, what = _raw_case(kind, paths, a)
     rc, out = _ingest(tmp_path)
     err = capsys.readouterr().err
-    assert rc == 2, err
+    assert rc == 1, err
     assert err.startswith("error: ") and "Traceback" not in err
     assert str(paths[which]) in err, err
     assert re.search(what, err), err
@@ -128,7 +128,7 @@ def test_bad_config_through_cli(tmp_path, capsys, case):
     extra, needle = CONFIG_CASES[case]
     rc, out = _ingest(tmp_path, *extra)
     err = capsys.readouterr().err
-    assert rc == 2 and needle in err, err
+    assert rc == 1 and needle in err, err
     _nothing_written(out)
 
 
@@ -138,7 +138,7 @@ def test_every_config_problem_listed_at_once(tmp_path, capsys):
              for x in CONFIG_CASES[case][0]]  # fmt: skip
     rc, out = _ingest(tmp_path, *extra)
     err = capsys.readouterr().err
-    assert rc == 2 and "3 problem(s)" in err
+    assert rc == 1 and "3 problem(s)" in err
     for case in ("unknown_key", "wrong_type_int", "out_of_range_negative"):
         assert CONFIG_CASES[case][1] in err
     _nothing_written(out)
@@ -152,7 +152,7 @@ def test_unwritable_output_dir_is_named(tmp_path, capsys):
     rc = main(["ingest", "--raw", str(tmp_path / "raw"), "--flight", "30Oct24",
                "--out", str(blocker / "30Oct24.h5")])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and "Traceback" not in err
+    assert rc == 1 and "Traceback" not in err
     assert f"cannot write {blocker / '30Oct24.h5'}" in err and "not writable" in err
     assert blocker.read_text().startswith("a file where")
 
@@ -166,7 +166,7 @@ def test_corrupt_shard_given_to_training(tmp_path, capsys):
         argv += ["--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
     rc = main(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and str(shard) in err and "truncated file" in err, err
+    assert rc == 1 and str(shard) in err and "truncated file" in err, err
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -179,7 +179,7 @@ def test_missing_pretrained_checkpoint_for_finetune(tmp_path, capsys):
         argv += ["--shard", str(p)]
     rc = main(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and f"{missing}: checkpoint does not exist" in err, err
+    assert rc == 1 and f"{missing}: checkpoint does not exist" in err, err
     assert not out.exists() or list(out.iterdir()) == []
 
 
@@ -211,7 +211,7 @@ def test_bad_store_environment_through_cli(tmp_path, capsys, monkeypatch, case):
     rc = main(["upload", "--src", str(tmp_path / "raw" / "30Oct24"),
                "--dest", "s3://t-env/raw/30Oct24"])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and needle in err and "Traceback" not in err, err
+    assert rc == 1 and needle in err and "Traceback" not in err, err
     assert S3_SECRET_KEY not in err
 
 
@@ -227,7 +227,7 @@ def test_bad_credentials_through_cli_write_nothing(s3_server, tmp_path, capsys, 
     rc = main(["upload", "--src", str(tmp_path / "raw" / "30Oct24"),
                "--dest", "s3://t-reliability/cred/raw/30Oct24"])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and "credentials refused" in err and s3_server.endpoint in err, err
+    assert rc == 1 and "credentials refused" in err and s3_server.endpoint in err, err
     assert "MINIO_SECRET_KEY" in err and wrong not in err and S3_SECRET_KEY not in err
     assert good.list("") == []
 
@@ -273,5 +273,5 @@ def test_bad_file_argument_through_cli(tmp_path, capsys, case):
     argv, named, what, out = _file_case(case, tmp_path)
     rc = main(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and str(named) in err and what in err and "Traceback" not in err, err
+    assert rc == 1 and str(named) in err and what in err and "Traceback" not in err, err
     assert not out.exists() or list(out.rglob("*")) == []

@@ -84,7 +84,7 @@ def test_pickle_bearing_checkpoint_is_refused_without_running_code(tmp_path, cap
     rc = main(["evaluate", "--shard", str(shard), "--checkpoint", str(evil),
                "--out", str(tmp_path / "eval")])  # fmt: skip
     err = capsys.readouterr().err
-    assert rc == 2 and str(evil) in err and "not a readable checkpoint" in err, err
+    assert rc == 1 and str(evil) in err and "not a readable checkpoint" in err, err
     assert not marker.exists()
     assert not (tmp_path / "eval").exists() or list((tmp_path / "eval").iterdir()) == []
 
@@ -101,7 +101,7 @@ def test_checkpoint_of_another_architecture_is_refused_naming_keys(tmp_path, cap
         argv += ["--set", f"{k}={str(v).lower() if isinstance(v, bool) else v}"]
     rc = main(argv)
     err = capsys.readouterr().err
-    assert rc == 2 and str(pre) in err and "weights do not fit this architecture" in err, err
+    assert rc == 1 and str(pre) in err and "weights do not fit this architecture" in err, err
     assert "encoder.blocks.0.conv.weight (32, 1, 3, 3) vs (64, 1, 3, 3)" in err, err
     assert not out.exists() or list(out.iterdir()) == []
 
@@ -162,7 +162,7 @@ def test_secret_never_reaches_logs_yaml_or_artifacts(
     save_stage_state(store, state_prefix("tuned", "r1", "pretrain"), stage)
     upload_dir(store, art, "runs/tuned/r1/outputs")
     monkeypatch.setenv("MINIO_SECRET_KEY", marker + "-wrong")
-    assert main(["-v", "upload", "--src", str(art), "--dest", "s3://t-reliability/trust/x"]) == 2
+    assert main(["-v", "upload", "--src", str(art), "--dest", "s3://t-reliability/trust/x"]) == 1
     monkeypatch.setenv("MINIO_SECRET_KEY", marker)
 
     out = capsys.readouterr()

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 from cloudml import __version__
 from cloudml.cluster import settings as platform
-from cloudml.config import load_config, parse_overrides
+from cloudml.config import load_config, parse_overrides, pipeline_keys
 from cloudml.config_cli import add_config_args
 from cloudml.errors import CloudMLError, ConfigError
 from cloudml.fileio import check_output_file
@@ -87,7 +87,9 @@ def run_parameters(
     defaults, which are the preset's values."""
     extra = parse_overrides(overrides)
     flat = load_config(preset, extra).flat()  # raises ConfigError on any bad key/value
-    params: dict[str, Any] = {k: flat[k] for k in extra}
+    # keys with one implemented value (optimizer, scheduler) are validated but are not
+    # pipeline parameters: the compiled default is that value
+    params: dict[str, Any] = {k: flat[k] for k in extra if k in pipeline_keys()}
     if threshold is not None:
         params["threshold"] = float(threshold)
     return params
