@@ -28,6 +28,7 @@ from cloudml.errors import (
     CloudMLError,
 )
 from cloudml.fileio import describe_os_error
+from cloudml.threads import prepare_process_env
 
 # What each environment variable does, for the epilog of every command that reads it.
 ENV_VARS: dict[str, str] = {
@@ -46,6 +47,8 @@ ENV_VARS: dict[str, str] = {
     "CLOUDML_GPU_NODE_LABEL": "node selector of the GPU pool, key=value",
     "CLOUDML_GPU_TAINT": "taint the GPU pool carries, tolerated by the GPU tasks",
     "CLOUDML_GPU_PARALLELISM": "ensemble members trained at once on the cluster (default 4)",
+    "CLOUDML_THREADS": "compute threads (default: the cgroup CPU quota or affinity mask); "
+    "also sets OMP_NUM_THREADS unless that is set",
     "KFP_HOST": "Kubeflow Pipelines API URL",
     "KFP_TOKEN": "bearer token for the KFP API (optional)",
     "KFP_NAMESPACE": "KFP namespace (default kubeflow)",
@@ -92,11 +95,19 @@ COMMANDS: dict[str, Command] = {
     "run": Command(
         "cloudml.cluster.local_run",
         "run a pipeline on KFP's local runner (embedded default)",
-        _STORE + ("PUSHGATEWAY_URL", "CLOUDML_COMMIT") + _IMAGES,
+        _STORE + ("PUSHGATEWAY_URL", "CLOUDML_COMMIT", "CLOUDML_THREADS") + _IMAGES,
     ),
-    "pretrain": Command("cloudml.training.stages", "train on the pretrain flight"),
-    "finetune": Command("cloudml.training.stages", "finetune on all training flights"),
-    "evaluate": Command("cloudml.evaluate", "metrics of a checkpoint on the validation flight"),
+    "pretrain": Command(
+        "cloudml.training.stages", "train on the pretrain flight", ("CLOUDML_THREADS",)
+    ),
+    "finetune": Command(
+        "cloudml.training.stages", "finetune on all training flights", ("CLOUDML_THREADS",)
+    ),
+    "evaluate": Command(
+        "cloudml.evaluate",
+        "metrics of a checkpoint on the validation flight",
+        ("CLOUDML_THREADS",),
+    ),
     "synth": Command(
         "cloudml.data.synth", "write the synthetic six-flight campaign in the raw layout"
     ),
@@ -197,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
         datefmt="%H:%M:%S",
     )
     try:
+        # before any command imports torch: OpenMP threads = the CPUs this process may use
+        # (CLOUDML_THREADS, cgroup quota, affinity), inherited by the local runner's tasks
+        prepare_process_env()
         rc = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
     except BrokenPipeError:

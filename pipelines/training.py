@@ -120,15 +120,24 @@ def _with_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
+def threads_for(cpu: str) -> int:
+    """Compute threads for a task's CPU request ("500m" -> 1, "4" -> 4). A request without a
+    limit gives the container no CFS quota to read (cloudml.threads), so the task is told."""
+    n = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
+    return max(1, int(n))
+
+
 def _on_cpu(task: dsl.PipelineTask, res: dict[str, str]) -> dsl.PipelineTask:
-    return task.set_cpu_request(res["cpu"]).set_memory_request(res["memory"])
+    """CPU and memory requests, and as many compute threads as CPUs requested."""
+    task.set_cpu_request(res["cpu"]).set_memory_request(res["memory"])
+    return task.set_env_variable("CLOUDML_THREADS", str(threads_for(res["cpu"])))
 
 
 def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
     """One GPU, the GPU pool's node selector and toleration."""
     pool = platform.gpu_pool()
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(pool.gpus_per_task)
-    task.set_cpu_request(GPU_TASK["cpu"]).set_memory_request(GPU_TASK["memory"])
+    _on_cpu(task, GPU_TASK)
     kubernetes.add_node_selector(task, pool.label_key, pool.label_value)
     kubernetes.add_toleration(
         task, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect

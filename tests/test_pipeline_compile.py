@@ -298,7 +298,10 @@ def test_credentials_only_from_secret_and_configmap(compiled):
         (cm,) = kube[f"exec-{name}"]["configMapAsEnv"]
         assert cm["configMapName"] == platform.SETTINGS_CONFIGMAP
     for executor in spec["deploymentSpec"]["executors"].values():
-        assert "env" not in executor["container"]  # no literal env values in the spec
+        # the only literal env value in the spec is the thread count
+        env = executor["container"].get("env", [])
+        assert [e["name"] for e in env] == ["CLOUDML_THREADS"]
+        assert env[0]["value"].isdigit()
 
 
 def test_settings_keys_exist_in_manifest():
@@ -355,3 +358,17 @@ def test_pipeline_file_compiles_itself(tmp_path):
     spec, _ = yaml.safe_load_all(out.read_text())
     assert spec["pipelineInfo"]["name"] == "cloudml-baseline"
     assert spec["root"]["inputDefinitions"]["parameters"]["learning_rate"]["defaultValue"] == 0.001
+
+
+def test_threads_follow_each_tasks_cpu_request(compiled):
+    # a CPU request without a limit leaves no cgroup quota for cloudml.threads to read: the
+    # task is told its thread count, equal to the CPUs it requested (at least one)
+    _, spec, _, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    for name in GPU_TASKS + CPU_TASKS:
+        c = executors[f"exec-{name}"]["container"]
+        cpu = float(c["resources"]["resourceCpuRequest"].removesuffix("m")) / (
+            1000 if c["resources"]["resourceCpuRequest"].endswith("m") else 1
+        )
+        env = {e["name"]: e["value"] for e in c.get("env", [])}
+        assert env.get("CLOUDML_THREADS") == str(max(1, int(cpu))), name
