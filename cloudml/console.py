@@ -182,9 +182,11 @@ def metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str]]:
             for name, key, unit, fmt, meaning in spec if key in m]  # fmt: skip
     if "member_r2_min" in m and "member_r2_max" in m:
         k = m.get("ensemble_size", "the")
+        mid = m.get("member_r2_median", math.nan)
+        span = f"[{_num(m['member_r2_min'], '.3f')}, {_num(m['member_r2_max'], '.3f')}]"
         rows.append((
-            "member R²", f"{_num(m['member_r2_min'], '.3f')} to {_num(m['member_r2_max'], '.3f')}",
-            "", f"each of {k} members alone; the ensemble averages them",
+            "member R²", _num(mid, ".3f"), span,
+            f"median [lowest, highest] of the {k} members alone; the ensemble averages them",
         ))  # fmt: skip
     return rows
 
@@ -241,7 +243,9 @@ class Console:
         self.screen, self.log, self.log_path = screen, log, str(log_path)
         self.flights, self.seeds, self.verbose = flights, list(seeds), verbose
         isatty = getattr(screen, "isatty", None)
-        self.live = bool(isatty and isatty()) and not verbose
+        # a live line needs a terminal that reports its width (tqdm trims the line to it;
+        # a pseudo-terminal of 0 columns would show nothing): else plain lines
+        self.live = bool(isatty and isatty()) and _width(screen) > 0 and not verbose
         self.clock, self.plain_every = clock, plain_every
         self.spans: dict[str, list[tuple[float, float]]] = {}
         self.failed: list[str] = []
@@ -340,21 +344,29 @@ class Console:
             self._close_bar(stage)
             self._started += 1
             t = {"k": self._started, "member": member, "bar": None, "shown": self.clock()}
-            if self.live:
-                from tqdm import tqdm
-
-                t["bar"] = tqdm(bar_format="{desc} · {elapsed}", file=self.screen,
-                                dynamic_ncols=True, leave=False)  # fmt: skip
             self._training[stage] = t
         t["event"] = event
         text = progress_text(event, t["k"], 2 * len(self.seeds), member, len(self.seeds))
-        if t["bar"] is not None:
+        if self.live and t["bar"] is None:
+            from tqdm import tqdm
+
+            t["bar"] = tqdm(desc=text, bar_format="{desc} · {elapsed}", file=self.screen,
+                            dynamic_ncols=True, leave=False)  # fmt: skip
+        elif t["bar"] is not None:
             t["bar"].set_description_str(text)
         elif not self.verbose and event.get("event") == "epoch" and not event.get("finished"):
             now = self.clock()
             if now - t["shown"] >= self.plain_every:
                 t["shown"] = now
                 self.say(f"  {text}")
+
+
+def _width(screen: TextIO) -> int:
+    """The terminal's width in columns, 0 when it reports none."""
+    try:
+        return os.get_terminal_size(screen.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 class _LineSink:

@@ -105,7 +105,7 @@ def test_stage_rows_in_pipeline_order_with_members_grouped():
 METRICS = {
     "r2": 0.3596, "r2_lo": 0.3012, "r2_hi": 0.4181, "mae_km": 0.2104, "mae_km_lo": 0.19,
     "mae_km_hi": 0.23, "bias_km": 0.145, "std_ratio": 0.85, "baseline_r2": 0.2, "n": 148,
-    "ensemble_size": 3, "member_r2_min": 0.31, "member_r2_max": 0.35,
+    "ensemble_size": 3, "member_r2_min": 0.31, "member_r2_median": 0.33, "member_r2_max": 0.35,
 }  # fmt: skip
 
 
@@ -116,9 +116,9 @@ def test_metric_rows_carry_units_intervals_and_meaning():
     assert rows["bias"][:2] == ("+0.145 km", "")  # no interval given: none shown
     assert rows["bias"][2].startswith("mean of predicted − true")
     assert rows["member R²"] == (
-        "0.310 to 0.350",
-        "",
-        "each of 3 members alone; the ensemble averages them",
+        "0.330",
+        "[0.310, 0.350]",
+        "median [lowest, highest] of the 3 members alone; the ensemble averages them",
     )
     assert "RMSE" not in rows  # absent from the metrics: no row
 
