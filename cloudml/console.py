@@ -105,11 +105,12 @@ def progress_text(event: dict[str, Any], k: int, n: int, member: int, members: i
     epoch, cap = int(event["epoch"]), int(event["epochs"])
     per_epoch = float(event["elapsed_s"]) / max(epoch, 1)
     lo, hi = eta_range(epoch, cap, int(event["patience_left"]), per_epoch)
+    # most telling first: a narrow terminal trims the line's end
     return (
-        f"{head}: epoch {epoch} of at most {cap} · best epoch {event['best_epoch']}, "
-        f"selection loss {event['best_selection_loss']:.4f} · patience "
-        f"{event['patience_left']}/{event['patience']} · "
-        f"{event['samples_per_s']:.0f} samples/s · {fmt_eta(lo, hi)}"
+        f"{head}: epoch {epoch} of at most {cap} · {fmt_eta(lo, hi)} · best epoch "
+        f"{event['best_epoch']} (selection loss {event['best_selection_loss']:.4f}) · "
+        f"patience {event['patience_left']}/{event['patience']} · "
+        f"{event['samples_per_s']:.0f} samples/s"
     )
 
 
@@ -180,7 +181,7 @@ def metric_rows(m: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     )
     rows = [(name, _num(m[key], fmt) + unit, interval(key, fmt), meaning)
             for name, key, unit, fmt, meaning in spec if key in m]  # fmt: skip
-    if "member_r2_min" in m and "member_r2_max" in m:
+    if "member_r2_min" in m and "member_r2_max" in m and m.get("ensemble_size") != 1:
         k = m.get("ensemble_size", "the")
         mid = m.get("member_r2_median", math.nan)
         span = f"[{_num(m['member_r2_min'], '.3f')}, {_num(m['member_r2_max'], '.3f')}]"
@@ -289,6 +290,12 @@ class Console:
                 self._end(m.group(1), True, cached=True)
             elif clean.startswith(" ") and clean.strip():
                 self._tail.append(clean.strip())
+
+    def task_failed(self, name: str) -> None:
+        """`name` failed (the runner's exception said so): its ✗ line, unless one was shown."""
+        with self._lock:
+            if name not in self.failed:
+                self._end(name, False)
 
     def _start(self, name: str) -> None:
         self._starts.setdefault(name, []).append(self.clock())

@@ -59,8 +59,8 @@ def test_eta_range_runs_from_patience_left_to_the_epoch_cap():
 
 def test_progress_text_names_stage_member_epoch_best_patience_speed_eta():
     assert progress_text(EPOCH, 3, 6, 2, 3) == (
-        "[3/6] pretrain, member 2/3: epoch 7 of at most 50 · best epoch 5, selection loss "
-        "0.4282 · patience 8/10 · 162 samples/s · ETA 16 s–1 min 26 s"
+        "[3/6] pretrain, member 2/3: epoch 7 of at most 50 · ETA 16 s–1 min 26 s · best epoch 5 "
+        "(selection loss 0.4282) · patience 8/10 · 162 samples/s"
     )
     start = {"event": "start", "stage": "finetune", "seed": 42, "epochs": 50}
     assert (
@@ -121,6 +121,7 @@ def test_metric_rows_carry_units_intervals_and_meaning():
         "median [lowest, highest] of the 3 members alone; the ensemble averages them",
     )
     assert "RMSE" not in rows  # absent from the metrics: no row
+    assert "member R²" not in {r[0] for r in metric_rows({**METRICS, "ensemble_size": 1})}
 
 
 def test_format_ending_orders_stages_figures_verdict_promotion_files():
@@ -212,8 +213,8 @@ def test_console_shows_a_line_per_stage_and_logs_everything_else():
     at(96, "Task 'evaluate' finished with status SUCCESS")
     assert screen.getvalue().splitlines() == [
         stage_line("ingest, 2 flights", 3.0),
-        "  [1/4] pretrain, member 1/2: epoch 2 of at most 50 · best epoch 5, selection loss "
-        "0.4282 · patience 8/10 · 162 samples/s · ETA 56 s–5 min 36 s",
+        "  [1/4] pretrain, member 1/2: epoch 2 of at most 50 · ETA 56 s–5 min 36 s · best epoch 5 "
+        "(selection loss 0.4282) · patience 8/10 · 162 samples/s",
         stage_line(
             "pretrain, member 1/2",
             86.0,
@@ -292,3 +293,15 @@ def test_epoch_log_line_says_what_the_mark_meant():
         "7.9 s (71 samples/s)"
     )
     assert "(new best)" in epoch_line(row, state, tc, True, 70.6)
+
+
+def test_a_failure_the_runner_only_raised_is_shown_once():
+    clock = Clock()
+    c, screen, _ = _console(clock)
+    c.feed("Executing task 'gate'")
+    clock.t = 0.5
+    c.task_failed("gate")  # kfp.local raised before logging the task's status
+    c.task_failed("gate")
+    assert screen.getvalue().splitlines() == [
+        stage_line("gate", 0.5, "FAILED: the verdict is below", ok=False)
+    ]

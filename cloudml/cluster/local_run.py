@@ -13,8 +13,8 @@ model_card.md, predictions.csv, the plots, the shipped model and pipeline.log.
 The screen shows a line per stage and a live line per training stage (cloudml.console);
 everything the local runner prints goes to the run folder's pipeline.log instead (`-v` shows
 it as it comes). The ending lists the stages in pipeline order with their times, the
-validation figures, the gate verdict, the promotion outcome and the files; the run folder's
-path is its last line. Exit status 1 when the gate fails, 2 on any other error.
+validation figures, the gate verdict, the promotion outcome and the files; its last line is
+"run folder  <path>". Exit status 1 when the gate fails, 2 on any other error.
 """
 
 from __future__ import annotations
@@ -284,6 +284,8 @@ def run_local(
             ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale, say=console.say)
             before = _champion(pipeline)
             failed = _execute(pipeline, root, arguments)
+            if failed is not None:
+                console.task_failed(failed)
             outputs = find_outputs(root)
             if "evaluation" not in outputs:
                 raise CloudMLError(
