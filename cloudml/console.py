@@ -331,7 +331,9 @@ class Console:
             return
         if name in TRAINING:
             t = self._close_bar(name) or {}
-            label = f"{name}, member {t.get('member', '?')}/{len(self.seeds)}"
+            # a cached stage sent no events: its member is its place in the order
+            member = t.get("member", len(self.spans[name]))
+            label = f"{name}, member {member}/{len(self.seeds)}"
             self.say(stage_line(label, seconds, detail or training_summary(t.get("event"))))
             return
         self.say(stage_line(name, seconds, detail))

@@ -305,3 +305,15 @@ def test_a_failure_the_runner_only_raised_is_shown_once():
     assert screen.getvalue().splitlines() == [
         stage_line("gate", 0.5, "FAILED: the verdict is below", ok=False)
     ]
+
+
+def test_cached_tasks_count_as_finished_stages():
+    c, screen, _ = _console(Clock())
+    for line in ("Task ingest cache hit (key=0123456789ab); skipping execution.",
+                 "Task ingest cache hit (key=ba9876543210); skipping execution.",
+                 "Task pretrain cache hit (key=0123456789ab); skipping execution."):  # fmt: skip
+        c.feed(line)
+    assert screen.getvalue().splitlines() == [
+        stage_line("ingest, 2 flights", 0.0, "cached"),
+        stage_line("pretrain, member 1/2", 0.0, "cached"),
+    ]

@@ -295,7 +295,9 @@ def fit(
     `weights` (per training sample, or None) make the epoch order weighted draws; `base` is
     the self-describing part of every checkpoint (configs, stage, scalers); `on_epoch` gets
     each epoch's history row after its checkpoint is written. Resumes from out_dir/last.pt
-    when it exists.
+    when it exists. Each epoch is logged once (`epoch_line`); under `cloudml run`
+    (CLOUDML_PROGRESS=1) the start and every epoch also go out as progress events
+    (cloudml.console.emit) for its live line.
     """
     tc = cfg.train
     learner = _learner(net, pool.frame_shape, tc)
