@@ -10,6 +10,7 @@ not the model. The failing run asks for R² > 0.99, which such a model cannot re
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from cloudml.cluster.local_run import (
     _failed_task,
     ensure_campaign,
     pipeline_arguments,
-    summary_table,
+    promotion_text,
 )
 from cloudml.config import load_config
 from cloudml.steps import collect_shards, raw_data_source
@@ -55,11 +56,15 @@ def test_pipeline_arguments_cover_every_parameter():
     assert isinstance(args["flights"], list) and isinstance(args["swath_slice"], list)
 
 
-def test_summary_table_lists_stages_metrics_and_verdict():
-    text = summary_table({"r2": 0.41234, "n": 150}, {"pretrain": 12.34}, "gate PASSED ...")
-    assert "pretrain (s)" in text and "12.3" in text
-    assert "0.4123" in text and "150" in text
-    assert text.splitlines()[-1] == "gate PASSED ..."
+def test_promotion_text_says_what_became_of_the_run():
+    champ = {"run_id": "old", "r2": 0.41}
+    assert promotion_text("tuned", False, False, False, 0.5, champ, champ) == (
+        "not attempted: only a run that passes the gate may be promoted"
+    )
+    first = promotion_text("tuned", True, True, True, 0.36, None, {"run_id": "j1", "r2": 0.36})
+    assert first == "this run (job id j1) is the first champion of tuned (R² 0.3600)"
+    kept = promotion_text("tuned", True, True, False, 0.30, champ, champ)
+    assert kept == "not promoted: R² 0.3000 does not beat champion run old (0.4100), which stays"
 
 
 def test_ensure_campaign_generates_once_and_marks_synthetic(tmp_path):
@@ -106,7 +111,9 @@ def _run(tmp_path: Path, raw_dir: Path, *extra: str) -> tuple[int, Path, str]:
         rc = main(["run", "--pipeline", "tuned", *TINY, *extra, "--data-dir", str(raw_dir),
                    "--runs-dir", str(tmp_path / "runs")])  # fmt: skip
     out = buf.getvalue()
-    return rc, Path(out.strip().splitlines()[-1].strip()), out
+    last = out.strip().splitlines()[-1].split()  # "run folder  <path>" ends the output
+    assert last[:2] == ["run", "folder"], out
+    return rc, Path(last[2]), out
 
 
 @pytest.mark.slow
@@ -143,6 +150,23 @@ def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypa
 
     assert load_ensemble(run_dir / "model").seeds == [42, 43]
     assert "gate PASSED on validation flight 12Feb25" in out
+    # the screen (not a terminal here): a line per stage and the ending, the rest in the log
+    lines = out.splitlines()
+    assert len(lines) <= 45, out
+    assert [ln.split()[1].rstrip(",") for ln in lines if ln.startswith("✓ ")] == [
+        "ingest", "pretrain", "finetune", "pretrain", "finetune", "evaluate", "gate", "promote",
+    ], out  # fmt: skip
+    for label, path in (("report", run_dir / "report.html"), ("model card", run_dir /
+                        "model_card.md"), ("log", run_dir / "pipeline.log")):  # fmt: skip
+        assert re.search(rf"^  {label} +{re.escape(str(path))}\b", out, re.M), (label, out)
+    assert "Got executor_input" not in out and "outputs:" not in out and "Warning" not in out
+    assert m["promotion"] in out and "first champion of tuned" in m["promotion"]
+    log = (run_dir / "pipeline.log").read_text()
+    assert "Got executor_input" in log and "Task 'evaluate' outputs:" in log
+    assert "have no effect in the current local runner" in log  # the runner's warnings too
+    # one log line per epoch (1 epoch x 2 stages x 2 members), none of the progress events
+    assert len(re.findall(r"(pretrain|finetune) epoch 1 \(at most 1\)", log)) == 4
+    assert "@cloudml-progress" not in log
 
 
 @pytest.mark.slow
@@ -160,6 +184,8 @@ def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypat
     assert m["promoted"] is False  # promote never runs after a failed gate
     assert f"R² = {m['r2']:.4f} [95% {m['r2_lo']:.4f}, {m['r2_hi']:.4f}] (threshold 0.9900)" in out
     assert "gate FAILED on validation flight 12Feb25" in out
+    assert re.search(r"^✗ gate .*FAILED", out, re.M) and "promote" not in out.split("stages")[0]
+    assert "promotion: not attempted" in out
     assert "gate FAILED" in (run_dir / "report.html").read_text()
 
 
@@ -250,7 +276,9 @@ def test_local_run_with_s3_store_and_pushgateway(
     assert set(manifest["objects"]) == local_files
     assert RUN_FILES - {"model"} <= local_files and "model/ensemble.json" in local_files
     download_dir(store, prefix, tmp_path / "verified")  # sha256-checked on read
-    assert (tmp_path / "verified" / "metrics.json").read_bytes() == (run_dir / "metrics.json").read_bytes()
+    assert (tmp_path / "verified" / "metrics.json").read_bytes() == (
+        run_dir / "metrics.json"
+    ).read_bytes()
 
     pointer = json.loads(store.get_bytes("models/tuned/champion.json"))
     read_manifest(store, pointer["model_prefix"])  # the champion names a complete version

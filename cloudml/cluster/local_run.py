@@ -8,8 +8,13 @@ kfp.local.SubprocessRunner(use_venv=False): every component executes in a subpro
 virtualenv, artifacts stay on local disk (build/kfp-local/), resource/GPU/kfp-kubernetes
 settings are ignored. The synthetic campaign is generated into --data-dir on first use and
 reused after. The run folder runs/<pipeline>-<UTC timestamp>/ gets metrics.json, report.html,
-model_card.md, predictions.csv, the plots and the final checkpoint; its path is printed last.
-Exit status 1 when the gate fails, 2 on any other error.
+model_card.md, predictions.csv, the plots, the shipped model and pipeline.log.
+
+The screen shows a line per stage and a live line per training stage (cloudml.console);
+everything the local runner prints goes to the run folder's pipeline.log instead (`-v` shows
+it as it comes). The ending lists the stages in pipeline order with their times, the
+validation figures, the gate verdict, the promotion outcome and the files; its last line is
+"run folder  <path>". Exit status 1 when the gate fails, 2 on any other error.
 """
 
 from __future__ import annotations
@@ -22,12 +27,15 @@ import logging
 import os
 import re
 import shutil
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cloudml.config import Config, load_config, parse_overrides
+from cloudml.console import Console, capture, format_ending
 from cloudml.errors import CloudMLError, GateFailed
 from cloudml.fileio import atomic_path
 from cloudml.gate import (
@@ -45,8 +53,6 @@ CAMPAIGN_MARKER = "campaign.json"  # written beside the synthetic flights; read 
 METRIC_KEYS = ("r2", "r2_lo", "r2_hi", "mae_km", "mae_km_lo", "mae_km_hi", "rmse_km",
                "rmse_km_lo", "rmse_km_hi", "bias_km", "loss", "std_ratio", "n", "ensemble_size",
                "member_r2_min", "member_r2_median", "member_r2_max", "baseline_r2")  # fmt: skip
-TABLE_KEYS = ("r2", "mae_km", "rmse_km", "bias_km", "std_ratio", "n", "ensemble_size",
-              "member_r2_min", "member_r2_max", "baseline_r2")  # fmt: skip
 RUN_FILES = (
     "report.html",
     "model_card.md",
@@ -63,14 +69,35 @@ class LocalRunResult:
     metrics: dict[str, Any]
     gate_passed: bool
     gate_message: str
-    stages: dict[str, float] = field(default_factory=dict)
+    stages: dict[str, float] = field(default_factory=dict)  # stages.json + total (metrics.json)
+    spans: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # per task, wall
+    promotion: str = ""  # the promotion outcome, one sentence
+    flight: str = ""  # the validation flight
+    log_path: Path | None = None
+    store: str = ""  # where the run folder is mirrored
+
+    def ending(self) -> str:
+        """What `cloudml run` prints last (cloudml.console.format_ending)."""
+        files = [(label, str(self.run_dir / name)) for label, name in
+                 (("report", "report.html"), ("model card", "model_card.md"))
+                 if (self.run_dir / name).is_file()]  # fmt: skip
+        if self.log_path is not None:
+            files.append(("log", f"{self.log_path}  (everything the local runner printed)"))
+        if self.store:
+            files.append(("store copy", self.store))
+        files.append(("run folder", str(self.run_dir)))
+        return format_ending(self.spans, self.stages.get("total", float("nan")), self.metrics,
+                             self.flight, self.gate_message, self.promotion, files)  # fmt: skip
 
 
 # --- data --------------------------------------------------------------------------------
-def ensure_campaign(data_dir: Path, flights: tuple[str, ...], scale: str) -> list[str]:
+def ensure_campaign(
+    data_dir: Path, flights: tuple[str, ...], scale: str, say: Callable[[str], None] = print
+) -> list[str]:
     """Generate the synthetic flights missing from data_dir (first use); returns those made.
 
-    Flights already present are reused as they are, whatever generated them.
+    Flights already present are reused as they are, whatever generated them. `say` shows a
+    line to the user (cloudml run: on screen while the rest goes to the log).
     """
     from cloudml.data import synth
 
@@ -79,14 +106,14 @@ def ensure_campaign(data_dir: Path, flights: tuple[str, ...], scale: str) -> lis
     if marker.is_file():
         made = json.loads(marker.read_text())
         if made.get("generator") == "cloudml.data.synth" and made.get("frame_size") != list(frame):
-            print(
+            say(
                 f"[cloudml] warning: {data_dir} holds a synthetic campaign of "
                 f"{made.get('frame_size')} frames, this version generates {list(frame)}; "
                 f"reusing it (delete {data_dir} to regenerate)"
             )
     missing = [f for f in flights if not (data_dir / f).is_dir()]
     if missing:
-        print(
+        say(
             f"[cloudml] generating synthetic flights {', '.join(missing)} into {data_dir} (first use)"
         )
         synth.write_campaign(data_dir, seed=0, frame_size=frame, flights=tuple(missing))
@@ -168,16 +195,38 @@ def collect_run(outputs: dict[str, Path], run_dir: Path, record: dict[str, Any])
             p.chmod(0o644)
 
 
-def summary_table(metrics: dict[str, Any], stages: dict[str, float], verdict_msg: str) -> str:
-    """The text table printed at the end of a run."""
-    rows = [(f"{k} (s)", f"{v:.1f}") for k, v in stages.items()]
-    rows += [(k, f"{metrics[k]:.4f}" if isinstance(metrics[k], float) else str(metrics[k]))
-             for k in TABLE_KEYS if k in metrics]  # fmt: skip
-    width = max(len(k) for k, _ in rows) if rows else 10
-    lines = ["", "stage / metric".ljust(width) + "  value", "-" * (width + 12)]
-    lines += [f"{k.ljust(width)}  {v}" for k, v in rows]
-    lines += ["", verdict_msg]
-    return "\n".join(lines)
+def promotion_text(
+    pipeline: str,
+    gate_passed: bool,
+    promote_ran: bool,
+    promoted: bool,
+    r2: float,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+) -> str:
+    """The promotion outcome of a local run, from the champion pointer read before and after."""
+    from cloudml.store.promotion import outcome_message
+
+    if not gate_passed:
+        return "not attempted: only a run that passes the gate may be promoted"
+    if not promote_ran:
+        return "unknown: the promote task left no result"
+    run_id = after["run_id"] if promoted and after else ""
+    who = f"this run (job id {run_id})" if run_id else "this run"
+    return outcome_message(pipeline, run_id, r2, promoted, before, after, who=who)
+
+
+def _champion(pipeline: str) -> dict[str, Any] | None:
+    """The store's champion pointer for `pipeline`, or None (none yet, or unreadable: the
+    ending then says less, the run is not failed for it)."""
+    from cloudml.store.backends import open_store
+    from cloudml.store.promotion import read_champion
+
+    try:
+        return read_champion(open_store(), pipeline)
+    except CloudMLError as e:
+        log.warning("champion pointer of %s not read: %s", pipeline, e)
+        return None
 
 
 def run_local(
@@ -191,14 +240,19 @@ def run_local(
     work_dir: Path = Path("build/kfp-local"),
     beat_baseline: bool = DEFAULT_BEAT_BASELINE,
     skill_margin: float = DEFAULT_SKILL_MARGIN,
+    verbose: bool = False,
 ) -> LocalRunResult:
     """Run the pipeline locally; returns the result (gate verdict included, never raises on
-    a failed gate). Other task failures raise CloudMLError naming the task."""
+    a failed gate). Other task failures raise CloudMLError naming the task and the log.
+
+    The screen (sys.stdout as it is on entry) gets the stage lines; everything else printed
+    meanwhile, by the local runner and its tasks, goes to <run folder>/pipeline.log."""
+    from cloudml.steps.training import member_seeds
+
     values = parse_overrides(overrides)
     values.setdefault("scale", scale)
     cfg = load_config(pipeline, values)  # every problem listed before anything runs
     data_dir = Path(data_dir).resolve()
-    ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale)
 
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     name = f"{pipeline}-{stamp}"
@@ -206,54 +260,84 @@ def run_local(
     root = Path(work_dir) / name
     run_dir.mkdir(parents=True, exist_ok=False)
     root.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "pipeline.log"
 
     # Stage state and the local champion live in a directory store unless one is configured.
     os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
     arguments = pipeline_arguments(
         cfg, str(data_dir), threshold, min_std_ratio, beat_baseline, skill_margin
     )
-    failed, wall = _execute(pipeline, cfg.data.scale, root, arguments)
+    screen = sys.stdout
+    k = cfg.train.ensemble_size
+    screen.write(
+        f"cloudml run: pipeline cloudml-{pipeline} on KFP's local runner, scale "
+        f"{cfg.data.scale}, {len(cfg.data.flights)} flights, "
+        f"{'a single model' if k == 1 else f'an ensemble of {k} members'}\n"
+        f"the runner's own output goes to {log_path} (cloudml run -v also shows it here)\n"
+    )
+    screen.flush()
+    with log_path.open("a", encoding="utf-8") as log_file:
+        console = Console(screen, log_file, log_path=log_path, flights=len(cfg.data.flights),
+                          seeds=member_seeds(cfg.train.seed, k), verbose=verbose)  # fmt: skip
+        with capture(console):
+            t0 = time.perf_counter()
+            ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale, say=console.say)
+            before = _champion(pipeline)
+            failed = _execute(pipeline, root, arguments)
+            if failed is not None:
+                console.task_failed(failed)
+            outputs = find_outputs(root)
+            if "evaluation" not in outputs:
+                raise CloudMLError(
+                    f"local run {name}: task '{failed}' failed before evaluation; its output "
+                    f"is in {log_path} (artifacts under {root})"
+                )
+            ev = outputs["evaluation"]
+            metrics = json.loads((ev / "metrics.json").read_text())
+            stages = (
+                json.loads((ev / "stages.json").read_text())
+                if (ev / "stages.json").is_file()
+                else {}
+            )
+            stages["total"] = time.perf_counter() - t0
+            verdict = verdict_from_metrics(metrics, threshold, min_std_ratio,
+                                           cfg.data.validation_flight, beat_baseline=beat_baseline,
+                                           skill_margin=skill_margin)  # fmt: skip
+            _check_failures(name, root, failed, verdict, log_path)
+            was_promoted = promoted(outputs)
+            promotion = promotion_text(
+                pipeline, verdict.passed, "promote" in outputs, was_promoted,
+                float(metrics.get("r2", float("nan"))), before, _champion(pipeline),
+            )  # fmt: skip
+            record = {
+                **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
+                "flight": verdict.flight,
+                "gate_passed": verdict.passed,
+                "threshold": threshold,
+                "min_std_ratio": min_std_ratio,
+                "beat_baseline": beat_baseline,
+                "skill_margin": skill_margin,
+                "gate_within_noise": verdict.within_noise,
+                "members": metrics.get("members", []),
+                "promoted": was_promoted,
+                "promotion": promotion,
+                "seconds": stages,
+                **{f"{k}_seconds": v for k, v in stages.items()},
+                "pipeline": pipeline,
+                "config": cfg.flat(),
+                "store": _store_location(name, pipeline),
+            }
+            collect_run(outputs, run_dir, record)
+            _upload_run(run_dir, pipeline, name)
+    return LocalRunResult(
+        run_dir, metrics, verdict.passed, verdict.message, stages, dict(console.spans),
+        promotion, verdict.flight, log_path, record["store"],
+    )  # fmt: skip
 
-    outputs = find_outputs(root)
-    if "evaluation" not in outputs:
-        raise CloudMLError(
-            f"local run {name}: task '{failed}' failed before evaluation (logs above; "
-            f"artifacts under {root})"
-        )
-    ev = outputs["evaluation"]
-    metrics = json.loads((ev / "metrics.json").read_text())
-    stages = json.loads((ev / "stages.json").read_text()) if (ev / "stages.json").is_file() else {}
-    stages["total"] = wall
-    verdict = verdict_from_metrics(metrics, threshold, min_std_ratio, cfg.data.validation_flight,
-                                   beat_baseline=beat_baseline, skill_margin=skill_margin)  # fmt: skip
-    _check_failures(name, root, failed, verdict)
-    record = {
-        **{k: metrics[k] for k in METRIC_KEYS if k in metrics},
-        "flight": verdict.flight,
-        "gate_passed": verdict.passed,
-        "threshold": threshold,
-        "min_std_ratio": min_std_ratio,
-        "beat_baseline": beat_baseline,
-        "skill_margin": skill_margin,
-        "gate_within_noise": verdict.within_noise,
-        "members": metrics.get("members", []),
-        "promoted": promoted(outputs),
-        "seconds": stages,
-        **{f"{k}_seconds": v for k, v in stages.items()},
-        "pipeline": pipeline,
-        "config": cfg.flat(),
-        "store": _store_location(name, pipeline),
-    }
-    collect_run(outputs, run_dir, record)
-    _upload_run(run_dir, pipeline, name)
-    return LocalRunResult(run_dir, metrics, verdict.passed, verdict.message, stages)
 
-
-def _execute(
-    pipeline: str, scale: str, root: Path, arguments: dict[str, Any]
-) -> tuple[str | None, float]:
+def _execute(pipeline: str, root: Path, arguments: dict[str, Any]) -> str | None:
     """Run the pipeline graph (no retries) on kfp.local's SubprocessRunner with artifacts
-    under `root`; returns (the failed task's name or None, wall seconds)."""
+    under `root`; returns the failed task's name, or None."""
     from kfp import local
 
     from pipelines.training import build_pipeline
@@ -262,8 +346,6 @@ def _execute(
     # iterations concurrently up to the parallelism limit; 3 x 2 threads on 2 cores thrash)
     graph = build_pipeline(pipeline, retries=False, parallelism=1)
     local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
-    print(f"[cloudml] running pipeline cloudml-{pipeline} on KFP's local runner (scale {scale})")
-    t0 = time.perf_counter()
     failed: str | None = None
     # KFP's local runner swaps builtins.print for an indenting wrapper while a task runs
     # (kfp.local.logging_utils.indented_print) and, when a task fails with raise_on_error,
@@ -276,14 +358,19 @@ def _execute(
         failed = _failed_task(str(e))
     finally:
         builtins.print = real_print
-    return failed, time.perf_counter() - t0
+    return failed
 
 
-def _check_failures(name: str, root: Path, failed: str | None, verdict: GateVerdict) -> None:
+def _check_failures(
+    name: str, root: Path, failed: str | None, verdict: GateVerdict, log_path: Path
+) -> None:
     """Raise CloudMLError unless the run's only failed task, if any, is a gate that the
     metrics fail too (a gate task that disagrees with the metrics is a bug to report)."""
     if failed not in (None, "gate"):
-        raise CloudMLError(f"local run {name}: task '{failed}' failed (artifacts under {root})")
+        raise CloudMLError(
+            f"local run {name}: task '{failed}' failed; its output is in {log_path} "
+            f"(artifacts under {root})"
+        )
     if (failed == "gate") == verdict.passed:
         raise CloudMLError(
             f"local run {name}: the gate task {'failed' if failed else 'passed'} but the "
@@ -307,7 +394,6 @@ def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
 
     prefix = run_prefix(pipeline, run_name)
     upload_dir(open_store(), run_dir, prefix)
-    print(f"[cloudml] run outputs stored at {_store_location(run_name, pipeline)}")
 
 
 # --- CLI -----------------------------------------------------------------------------------
@@ -322,9 +408,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         scale=args.scale,
         beat_baseline=args.beat_baseline,
         skill_margin=args.skill_margin,
+        verbose=getattr(args, "verbose", False),
     )
-    print(summary_table(res.metrics, res.stages, res.gate_message))
-    print(res.run_dir)
+    print(res.ending())
     return 0 if res.gate_passed else GateFailed.exit_code
 
 

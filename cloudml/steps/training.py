@@ -20,20 +20,12 @@ from cloudml.steps.common import (
 log = logging.getLogger(__name__)
 
 
-def _epoch_logger(stage: str, pipeline: str):
-    """on_epoch callback: a log line per epoch, and the epoch's metrics to the Pushgateway."""
+def _epoch_telemetry(stage: str, pipeline: str):
+    """on_epoch callback: the epoch's metrics to the Pushgateway. The epoch's log line is
+    written by the training loop (cloudml.training.loop.epoch_line), once."""
     telemetry = _telemetry(pipeline, stage)
 
     def on_epoch(rec: dict[str, Any]) -> None:
-        log.info(
-            "%s epoch %s: train_loss %.4f selection_loss %.4f selection_r2 %.4f lr %.2e",
-            stage,
-            rec.get("epoch"),
-            rec.get("train_loss", float("nan")),
-            rec.get("selection_loss", float("nan")),
-            rec.get("selection_r2", float("nan")),
-            rec.get("lr", float("nan")),
-        )
         telemetry.epoch(rec)
 
     return on_epoch
@@ -50,7 +42,7 @@ def _resumable(stage: str, pipeline: str, run_id: str, out_dir: Path, seed: int)
     """on_epoch for a training stage; with a run id and CLOUDML_STORE set, the stage state is
     first restored from the store (a retry on a new pod resumes) and then synced every epoch.
     The state is kept per member (its seed): the members of one run train side by side."""
-    inner = _epoch_logger(stage, pipeline)
+    inner = _epoch_telemetry(stage, pipeline)
     if not run_id or not os.environ.get("CLOUDML_STORE"):
         return inner
     from cloudml.store.backends import open_store

@@ -87,6 +87,46 @@ def decide(challenger_r2: float, champion: dict[str, Any] | None) -> tuple[bool,
     )
 
 
+def outcome_message(
+    pipeline: str,
+    run_id: str,
+    r2: float,
+    promoted: bool,
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    who: str | None = None,
+) -> str:
+    """One sentence for a promotion's outcome, from the champion pointer before and after it:
+    what became of this run and who is champion now (the task log and `cloudml run` both
+    print it; a "champion of ..." line beside a reason like "no champion yet" read as if the
+    promotion had failed). `who` names this run (default "run <run_id>")."""
+    who = who or f"run {run_id}"
+    if promoted:
+        if before is None:
+            return f"{who} is the first champion of {pipeline} (R² {r2:.4f})"
+        return (
+            f"{who} is the new champion of {pipeline}: R² {r2:.4f} beats run "
+            f"{before['run_id']} ({before['r2']:.4f})"
+        )
+    if not math.isfinite(r2):
+        return f"not promoted: R² {r2} is not a finite number"
+    if (
+        after is not None
+        and after["run_id"] != run_id
+        and (before is None or after["run_id"] != before["run_id"])
+    ):
+        return (
+            f"not promoted: a concurrent promotion won: run {after['run_id']} "
+            f"(R² {after['r2']:.4f}) >= {r2:.4f}"
+        )
+    if before is not None:
+        return (
+            f"not promoted: R² {r2:.4f} does not beat champion run {before['run_id']} "
+            f"({before['r2']:.4f}), which stays"
+        )
+    return f"not promoted; {pipeline} has no champion"
+
+
 # --- store I/O ----------------------------------------------------------------------------
 def _read_json(store: Store, key: str) -> dict[str, Any] | None:
     if not store.exists(key):
@@ -198,7 +238,7 @@ def promote(store: Store, pipeline: str, run_id: str, run_prefix: str, r2: float
     }
     ok, reason = decide(r2, before)
     if not ok:
-        log.info("not promoting %s/%s: %s", pipeline, run_id, reason)
+        reason = outcome_message(pipeline, run_id, r2, False, before, before)
         return {
             **decision,
             "champion_run_id_after": decision["champion_run_id_before"],
@@ -222,9 +262,7 @@ def promote(store: Store, pipeline: str, run_id: str, run_prefix: str, r2: float
     after = settle_pointer(store, pipeline)
     assert after is not None  # our own record exists
     promoted = after["run_id"] == run_id
-    if not promoted:
-        reason = f"a concurrent promotion won: {after['run_id']} (R² {after['r2']:.4f}) >= {r2:.4f}"
-    log.info("champion of %s: %s (R² %.4f)", pipeline, after["run_id"], after["r2"])
+    reason = outcome_message(pipeline, run_id, r2, promoted, before, after)
     return {
         **decision,
         "promoted": promoted,
@@ -275,4 +313,5 @@ __all__ = [
     "settle_pointer",
     "best_record",
     "decide",
+    "outcome_message",
 ]

@@ -25,6 +25,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from cloudml.config import Config, TrainConfig
+from cloudml.console import emit
 from cloudml.metrics import regression_metrics
 from cloudml.model import CBHNet, configure_checkpointing, encode_scalars, maybe_compile
 from cloudml.training.data import Pool, augment, batches, epoch_order
@@ -61,6 +62,24 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def improved(sel_loss: float, best: float, min_delta: float) -> bool:
     """Whether `sel_loss` beats the best so far by more than `min_delta`."""
     return sel_loss < best - min_delta
+
+
+def epoch_line(
+    row: dict[str, Any], state: TrainState, tc: TrainConfig, better: bool, speed: float
+) -> str:
+    """The one log line of an epoch: its losses, whether it is the best so far (else the
+    best and the patience left), the learning rate and the speed."""
+    if better:
+        best = "new best"
+    else:
+        left = tc.early_stopping_patience - state.bad_epochs
+        best = f"best {state.best_selection_loss:.4f} at epoch {state.best_epoch}, patience {left} left"
+    return (
+        f"{row['stage']} epoch {row['epoch']} (at most {tc.epochs}): train loss "
+        f"{row['train_loss']:.4f}, selection-split loss {row['selection_loss']:.4f} ({best}), "
+        f"selection-split R² {row['selection_r2']:.3f}, lr {row['lr']:.2e}, "
+        f"{row['seconds']:.1f} s ({speed:.0f} samples/s)"
+    )
 
 
 def device_for() -> torch.device:
@@ -276,12 +295,16 @@ def fit(
     `weights` (per training sample, or None) make the epoch order weighted draws; `base` is
     the self-describing part of every checkpoint (configs, stage, scalers); `on_epoch` gets
     each epoch's history row after its checkpoint is written. Resumes from out_dir/last.pt
-    when it exists.
+    when it exists. Each epoch is logged once (`epoch_line`); under `cloudml run`
+    (CLOUDML_PROGRESS=1) the start and every epoch also go out as progress events
+    (cloudml.console.emit) for its live line.
     """
     tc = cfg.train
     learner = _learner(net, pool.frame_shape, tc)
     state = resume_from(out_dir / "last.pt", learner, base, stage)
     t_start = time.perf_counter() - state.elapsed_s
+    emit({"event": "start", "stage": stage, "seed": tc.seed, "epochs": tc.epochs,
+          "epoch": state.epoch, "n_train": len(train_idx)})  # fmt: skip
     while not state.finished:
         epoch = state.epoch + 1
         seed = epoch_seed(tc.seed, epoch)
@@ -305,13 +328,22 @@ def fit(
         }  # fmt: skip
         state.end_epoch(row, n_seen, train_s, tc, time.perf_counter() - t_start)
         save_epoch(out_dir, base, learner, state, better)
-        log.info(
-            "%s epoch %d/%d train loss %.4f selection-split loss %.4f R² %.3f lr %.2e %.1fs (%.0f samples/s)%s",
-            stage, epoch, tc.epochs, row["train_loss"], sel_loss, sel_r2, lr_used, seconds,
-            n_seen / max(train_s, 1e-9), " *" if better else "",
-        )  # fmt: skip
+        speed = n_seen / max(train_s, 1e-9)
+        log.info("%s", epoch_line(row, state, tc, better, speed))
+        emit({
+            "event": "epoch", "stage": stage, "seed": tc.seed, "epoch": epoch,
+            "epochs": tc.epochs, "best_epoch": state.best_epoch,
+            "best_selection_loss": state.best_selection_loss,
+            "patience": tc.early_stopping_patience,
+            "patience_left": tc.early_stopping_patience - state.bad_epochs,
+            "samples_per_s": speed, "elapsed_s": state.elapsed_s,
+            "finished": state.finished, "stopped_early": state.stopped_early,
+        })  # fmt: skip
         if on_epoch is not None:
             on_epoch(dict(row))
     if state.stopped_early:
-        log.info("%s: early stop after epoch %d (best %d)", stage, state.epoch, state.best_epoch)
+        log.info(
+            "%s: early stop after epoch %d, no selection-split improvement in %d epochs "
+            "(best epoch %d)", stage, state.epoch, tc.early_stopping_patience, state.best_epoch,
+        )  # fmt: skip
     return state
