@@ -17,12 +17,6 @@ from cloudml.errors import EXIT_BROKEN_PIPE, EXIT_ERROR, EXIT_USAGE, CloudMLErro
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Options whose module another helper owns; each entry goes once its help is written
-# (cloudml/evaluate.py --out, cloudml/cluster/local_run.py --runs-dir and --scale).
-HELP_PENDING = {("evaluate", "--out"), ("run", "--runs-dir"), ("run", "--scale")}
-# `run` still defines its own --pipeline (cloudml/cluster/local_run.py, owned elsewhere)
-PRESET_PENDING = {"run"}
-
 
 def _sub(name: str) -> argparse.ArgumentParser:
     parser = build_parser(name)
@@ -37,17 +31,15 @@ def test_every_option_has_help(name):
         for a in _sub(name)._actions
         if a.option_strings and not (a.help and a.help.strip())
     }
-    assert missing <= HELP_PENDING
+    assert not missing
 
 
-CONFIG_COMMANDS = sorted(
-    n for n in COMMANDS if n not in PRESET_PENDING and "--set" in _sub(n)._option_string_actions
-)
+CONFIG_COMMANDS = sorted(n for n in COMMANDS if "--set" in _sub(n)._option_string_actions)
 
 
 def test_preset_commands_are_the_ones_expected():
     assert CONFIG_COMMANDS == sorted(
-        ["config", "evaluate", "finetune", "ingest", "pretrain", "schedule", "submit"]
+        ["config", "evaluate", "finetune", "ingest", "pretrain", "run", "schedule", "submit"]
     )
 
 

@@ -76,12 +76,24 @@ def test_all_problems_listed_once():
     with pytest.raises(ConfigError) as e:
         load_config(
             "tuned",
-            ["learning_rate=-1", "early_stopping_patience=0", "foo=1", "temporal_frames=0",
-             "validation_flight=30Oct24", "epochs=abc"],
+            [
+                "learning_rate=-1",
+                "early_stopping_patience=0",
+                "foo=1",
+                "temporal_frames=0",
+                "validation_flight=30Oct24",
+                "epochs=abc",
+            ],
         )
     msg = str(e.value)
-    for needle in ("learning_rate", "early_stopping_patience", "'foo'", "temporal_frames",
-                   "validation_flight must differ from pretrain_flight", "epochs"):
+    for needle in (
+        "learning_rate",
+        "early_stopping_patience",
+        "'foo'",
+        "temporal_frames",
+        "validation_flight must differ from pretrain_flight",
+        "epochs",
+    ):
         assert needle in msg
     assert "6 problem" in msg or "7 problem" in msg
 

@@ -32,7 +32,12 @@ def test_round_trip_and_virtual_frames(tmp_path):
     np.testing.assert_array_equal(r.frame_table, s.frame_table)
     np.testing.assert_array_equal(r.frame_index, s.frame_index)
     np.testing.assert_array_equal(r.cbh_km, s.cbh_km)
-    assert (r.flight, r.config, r.summary, r.raw_sha256) == (s.flight, s.config, s.summary, s.raw_sha256)
+    assert (r.flight, r.config, r.summary, r.raw_sha256) == (
+        s.flight,
+        s.config,
+        s.summary,
+        s.raw_sha256,
+    )
     with h5py.File(p) as f:
         frames = f["frames"][()]
     assert frames.shape == (7, 3, 4, 5)

@@ -100,7 +100,15 @@ def test_pretrain_outputs_checkpoint_and_warmup_steps(tmp_path):
     steps_per_epoch = 3  # 48 samples / batch 16
     hist = json.loads((tmp_path / "pre" / "history.json").read_text())
     assert [r["epoch"] for r in hist] == [1, 2] == [r["epoch"] for r in rows]
-    assert set(rows[0]) == {"stage", "epoch", "train_loss", "selection_loss", "selection_r2", "lr", "seconds"}
+    assert set(rows[0]) == {
+        "stage",
+        "epoch",
+        "train_loss",
+        "selection_loss",
+        "selection_r2",
+        "lr",
+        "seconds",
+    }
     # lr in use at the end of epoch 1 = warm-up value of its last optimizer step
     assert hist[0]["lr"] == pytest.approx(loop.lr_at(steps_per_epoch - 1, cfg.train))
     assert hist[1]["lr"] == pytest.approx(cfg.train.learning_rate * 6 / 10)

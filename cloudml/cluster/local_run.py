@@ -34,10 +34,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cloudml.config import Config, load_config, parse_overrides
+from cloudml.config import Config, load_config, parse_overrides, pipeline_keys
+from cloudml.config_cli import add_config_args
 from cloudml.console import Console, capture, format_ending
 from cloudml.errors import CloudMLError, GateFailed
-from cloudml.fileio import atomic_path
+from cloudml.fileio import atomic_path, check_output_dir
 from cloudml.gate import (
     DEFAULT_BEAT_BASELINE,
     DEFAULT_MIN_STD_RATIO,
@@ -135,9 +136,11 @@ def pipeline_arguments(
     beat_baseline: bool = DEFAULT_BEAT_BASELINE,
     skill_margin: float = DEFAULT_SKILL_MARGIN,
 ) -> dict[str, Any]:
-    """Every pipeline parameter's value for this run (config keys + gate + raw_uri)."""
+    """Every pipeline parameter's value for this run (config keys + gate + raw_uri); keys
+    with one implemented value (optimizer, scheduler) are not parameters."""
+    keys = pipeline_keys()
     return {
-        **cfg.flat(),
+        **{k: v for k, v in cfg.flat().items() if k in keys},
         "raw_uri": raw_uri,
         "threshold": threshold,
         "min_std_ratio": min_std_ratio,
@@ -398,8 +401,9 @@ def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
 
 # --- CLI -----------------------------------------------------------------------------------
 def _cmd_run(args: argparse.Namespace) -> int:
+    check_output_dir(args.runs_dir)
     res = run_local(
-        pipeline=args.pipeline,
+        pipeline=args.preset,
         overrides=args.overrides,
         threshold=args.threshold,
         min_std_ratio=args.min_std_ratio,
@@ -416,9 +420,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a pipeline on KFP's local runner (embedded default)")
-    p.add_argument("--pipeline", default="tuned", help="preset name (default tuned)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key (repeatable), e.g. --set epochs=2")  # fmt: skip
+    add_config_args(p, names_only=True)  # --preset (alias --pipeline), --set
     p.add_argument(
         "--threshold", type=float, default=DEFAULT_THRESHOLD, help="gate: R² must exceed it"
     )
@@ -434,6 +436,8 @@ def add_command(sub: argparse._SubParsersAction) -> None:
         default=Path("data/raw"),
         help="raw flights (generated on first use)",
     )
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--scale", choices=("local", "full"), default="local")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                   help="where the run folder runs/<preset>-<UTC stamp>/ is written")  # fmt: skip
+    p.add_argument("--scale", choices=("local", "full"), default="local",
+                   help="local: frames binned down for a CPU (default); full: as recorded")  # fmt: skip
     p.set_defaults(func=_cmd_run)
