@@ -144,12 +144,17 @@ def prepare_process_env(env: dict[str, str] | None = None) -> int:
     return n
 
 
-def configure_torch_threads() -> int:
+def configure_torch_threads(env: dict[str, str] | None = None) -> int:
     """torch's intra-op threads to the usable CPUs (for processes that imported torch
-    before `prepare_process_env` could run, e.g. a KFP component's executor)."""
+    before `prepare_process_env` could run, e.g. a KFP component's executor). An
+    OMP_NUM_THREADS the process was started with stands unless CLOUDML_THREADS is set: torch
+    already took it, and the user (or `prepare_process_env` in the parent) chose it."""
     import torch
 
-    n = thread_count()
+    env = os.environ if env is None else env
+    if not env.get(ENV_THREADS, "").strip() and env.get("OMP_NUM_THREADS", "").strip():
+        return torch.get_num_threads()
+    n = thread_count(env)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n

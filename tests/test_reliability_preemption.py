@@ -32,8 +32,9 @@ SETTINGS = {**FAST, "epochs": 5, "warmup_steps": 6, "early_stopping_patience": 5
 # each member's state lives under its own prefix: <stage>-seed<seed>
 PREFIX = state_prefix("tuned", "run-1", f"pretrain-seed{load_config('tuned', SETTINGS).train.seed}")
 
-# One "pod" runs exactly what the KFP pretrain component runs: pipeline_steps.run_pretrain with
-# the run id; CLOUDML_STORE (from the environment, as the cluster's ConfigMap sets it) is where
+# One "pod" runs exactly what the KFP pretrain component runs: steps.run_pretrain with the
+# stage-state key (the component derives it from code, config and data:
+# steps.common.training_state_key; a literal one here); CLOUDML_STORE (from the environment, as the cluster's ConfigMap sets it) is where
 # the stage state goes.
 POD = """
 import logging, sys

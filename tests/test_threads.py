@@ -5,7 +5,12 @@ from pathlib import Path
 import pytest
 
 from cloudml.errors import ConfigError
-from cloudml.threads import cgroup_cpu_limit, prepare_process_env, thread_count
+from cloudml.threads import (
+    cgroup_cpu_limit,
+    configure_torch_threads,
+    prepare_process_env,
+    thread_count,
+)
 
 V2 = "0::/kubepods/pod1/ctr\n"
 V1 = "12:cpu,cpuacct:/kubepods/pod1/ctr\n11:memory:/kubepods/pod1/ctr\n"
@@ -77,3 +82,18 @@ def test_prepare_process_env_keeps_what_the_user_set():
     user = {"CLOUDML_THREADS": "3", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "ACTIVE"}
     prepare_process_env(user)
     assert user["OMP_NUM_THREADS"] == "1" and user["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_torch_threads_follow_cloudml_threads_but_respect_a_given_omp_setting():
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        assert configure_torch_threads({"CLOUDML_THREADS": "1"}) == 1
+        assert torch.get_num_threads() == 1
+        # started with OMP_NUM_THREADS (by the user, or by `cloudml run` for its tasks): kept
+        torch.set_num_threads(2)
+        assert configure_torch_threads({"OMP_NUM_THREADS": "1"}) == 2
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -38,18 +38,19 @@ def member_seeds(seed: int, ensemble_size: int) -> list[int]:
     return [int(seed) + i for i in range(int(ensemble_size))]
 
 
-def _resumable(stage: str, pipeline: str, run_id: str, out_dir: Path, seed: int):
-    """on_epoch for a training stage; with a run id and CLOUDML_STORE set, the stage state is
-    first restored from the store (a retry on a new pod resumes) and then synced every epoch.
-    The state is kept per member (its seed): the members of one run train side by side."""
+def _resumable(stage: str, pipeline: str, state_key: str, out_dir: Path, seed: int):
+    """on_epoch for a training stage; with a state key (steps.common.training_state_key: code,
+    config and data) and CLOUDML_STORE set, the stage state is first restored from the store
+    (a retry on a new pod resumes) and then synced every epoch. The state is kept per member
+    (its seed): the members of one run train side by side."""
     inner = _epoch_telemetry(stage, pipeline)
-    if not run_id or not os.environ.get("CLOUDML_STORE"):
+    if not state_key or not os.environ.get("CLOUDML_STORE"):
         return inner
     from cloudml.store.backends import open_store
     from cloudml.store.resume import restore_stage_state, state_prefix, sync_on_epoch
 
     store = open_store()
-    prefix = state_prefix(pipeline, run_id, f"{stage}-seed{seed}")
+    prefix = state_prefix(pipeline, state_key, f"{stage}-seed{seed}")
     epoch = restore_stage_state(store, prefix, out_dir)
     if epoch:
         log.info("%s: resuming after epoch %d from %s", stage, epoch, store.describe(prefix))
@@ -57,28 +58,36 @@ def _resumable(stage: str, pipeline: str, run_id: str, out_dir: Path, seed: int)
 
 
 def run_pretrain(
-    shard_dirs: list[str], config_json: str, out_dir: Path, run_id: str = ""
+    shard_dirs: list[str], config_json: str, out_dir: Path, state_key: str = ""
 ) -> dict[str, Any]:
     """Pretrain on cfg.data.pretrain_flight's shard; checkpoints into out_dir."""
+    from cloudml.threads import configure_torch_threads
     from cloudml.training.stages import pretrain
 
+    configure_torch_threads()  # the task's CPUs, not every core of the node
     cfg = config_from_json(config_json)
-    on_epoch = _resumable("pretrain", cfg.preset, run_id, Path(out_dir), cfg.train.seed)
+    on_epoch = _resumable("pretrain", cfg.preset, state_key, Path(out_dir), cfg.train.seed)
     with _telemetry(cfg.preset, "pretrain").timed():
         summary = pretrain(collect_shards(shard_dirs), cfg, Path(out_dir), on_epoch=on_epoch)
     return _seal(Path(out_dir), summary)
 
 
 def run_finetune(
-    shard_dirs: list[str], config_json: str, pretrained_dir: Path, out_dir: Path, run_id: str = ""
+    shard_dirs: list[str],
+    config_json: str,
+    pretrained_dir: Path,
+    out_dir: Path,
+    state_key: str = "",
 ) -> dict[str, Any]:
     """Fine-tune from pretrained_dir/model.pt on every flight but the validation flight."""
+    from cloudml.threads import configure_torch_threads
     from cloudml.training.checkpoint import verify_stage_checkpoint
     from cloudml.training.stages import finetune
 
+    configure_torch_threads()
     cfg = config_from_json(config_json)
     ckpt = verify_stage_checkpoint(pretrained_dir)  # missing, or changed since pretrain: refused
-    on_epoch = _resumable("finetune", cfg.preset, run_id, Path(out_dir), cfg.train.seed)
+    on_epoch = _resumable("finetune", cfg.preset, state_key, Path(out_dir), cfg.train.seed)
     with _telemetry(cfg.preset, "finetune").timed():
         summary = finetune(collect_shards(shard_dirs), cfg, ckpt, Path(out_dir), on_epoch=on_epoch)
     _keep_pretrain_record(Path(pretrained_dir), Path(out_dir))
