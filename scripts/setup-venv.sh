@@ -48,55 +48,5 @@ if [ "${have%%+*}" != "$pin" ]; then
   "${PIP[@]}" $src
 fi
 
-# 3. cloudml with its dev extras (the torch pin is already met, so pip keeps that build).
-# pip runs quiet (-qq: errors only, no progress bar) so a first `make run` stays short.
-set -euo pipefail
-PYTHON=${1:-python3}
-VENV=${2:-.venv}
-cd "$(dirname "$0")/.."
-
-# 1. Python >= 3.11
-if ! command -v "$PYTHON" >/dev/null; then
-  echo "error: $PYTHON not found; cloudml needs Python 3.11 or newer (make PYTHON=python3.11 ...)" >&2
-  exit 1
-fi
-if ! "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
-  found=$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
-  echo "error: cloudml needs Python 3.11 or newer; $PYTHON is $found (make PYTHON=python3.11 ...)" >&2
-  exit 1
-fi
-if [ ! -x "$VENV/bin/python" ]; then
-  echo "setting up $VENV (first run only: a few minutes)"
-  if ! "$PYTHON" -m venv "$VENV" 2>/dev/null; then
-    # Debian splits venv/ensurepip into python3-venv
-    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
-      rm -rf "$VENV" && "$PYTHON" -m venv "$VENV"
-    else
-      echo "error: $PYTHON -m venv failed; install Debian's python3-venv (needs root)" >&2
-      exit 1
-    fi
-  fi
-fi
-PIP=("$VENV/bin/python" -m pip install -qq --progress-bar off --disable-pip-version-check)
-
-# 2. torch, the build that fits this machine
-pin=$(sed -n 's/^ *"torch==\([^"]*\)".*/\1/p' pyproject.toml)
-have=$("$VENV/bin/python" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
-if [ "${have%%+*}" != "$pin" ]; then
-  if command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1; then
-    "${PIP[@]}" "torch==$pin"  # GPU machine: PyPI's wheel is the CUDA build
-  elif "$VENV/bin/python" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/torch/', timeout=10)" "$CPU_INDEX" 2>/dev/null; then
-    "${PIP[@]}" --index-url "$CPU_INDEX" "torch==$pin"
-  else
-    wheel=$(ls "$WHEEL_DIR"/torch-"$pin"+cpu-*.whl 2>/dev/null | head -n1 || true)
-    if [ -z "$wheel" ]; then
-      echo "error: no CPU build of torch $pin: $CPU_INDEX does not answer and $WHEEL_DIR has no torch-$pin+cpu wheel (set TORCH_WHEEL_DIR); not installing PyPI's CUDA build on a machine without a GPU" >&2
-      exit 1
-    fi
-    "${PIP[@]}" "$wheel"
-  fi
-fi
-
 # 3. cloudml and its dependencies (torch==pin is met by the build above)
 "${PIP[@]}" -e '.[dev]'
