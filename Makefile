@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 SYSTAMP := $(VENV)/.system-stamp
 PIPELINE ?= tuned
+# config overrides for `make run`, e.g. SET="epochs=1 ensemble_size=1" (a smoke run)
+SET ?=
 CRON ?= 0 0 6 * * 1
 REGISTRY ?= ghcr.io/cloudml
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -15,11 +17,9 @@ export CLOUDML_REGISTRY ?= $(REGISTRY)
 export CLOUDML_TAG ?= $(TAG)
 
 # jemalloc keeps freed activations mapped instead of faulting them back every step
-# (2.5x faster CPU training; docs/physics.md, 'Defects of the research code'). Used when present.
-JEMALLOC := $(firstword $(wildcard /usr/lib/x86_64-linux-gnu/libjemalloc.so.2 /usr/lib/aarch64-linux-gnu/libjemalloc.so.2))
-ifneq ($(JEMALLOC),)
-RUN_ENV := LD_PRELOAD=$(JEMALLOC) MALLOC_CONF=dirty_decay_ms:-1,muzzy_decay_ms:-1
-endif
+# (2.5x faster CPU training; docs/physics.md, 'Defects of the research code'). Used when
+# present; looked up when the recipe runs, after system-deps may have installed it.
+RUN_ENV = env $$(bash scripts/jemalloc-env.sh $(VENV))
 
 .DEFAULT_GOAL := help
 .PHONY: help setup system-deps run test test-fast lint format compile submit schedule \
@@ -27,23 +27,22 @@ endif
 
 help: ## list targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[1m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: PIPELINE=$(PIPELINE) CRON='$(CRON)' REGISTRY=$(REGISTRY) TAG=$(TAG)"
+	@echo "  variables: PIPELINE=$(PIPELINE) SET='$(SET)' CRON='$(CRON)' REGISTRY=$(REGISTRY) TAG=$(TAG) PYTHON=$(PYTHON)"
 
-$(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+$(STAMP): pyproject.toml scripts/setup-venv.sh scripts/torch-source.sh
+	@bash scripts/setup-venv.sh $(PYTHON) $(VENV)
 	@touch $@
 
 setup: $(STAMP) ## create .venv and install cloudml with its dependencies
 
 $(SYSTAMP): scripts/install-system-deps.sh
-	@bash scripts/install-system-deps.sh
+	@bash scripts/install-system-deps.sh $(VENV)
 	@mkdir -p $(VENV) && touch $@
 
 system-deps: $(SYSTAMP) ## Debian packages (jemalloc, prometheus, pushgateway, promtool) when root
 
-run: $(STAMP) $(SYSTAMP) ## run PIPELINE (default tuned) on KFP's local runner, embedded default
-	$(RUN_ENV) $(PY) -m cloudml run --pipeline $(PIPELINE)
+run: $(STAMP) $(SYSTAMP) ## run PIPELINE (default tuned) on KFP's local runner; SET="k=v ..." overrides
+	@$(RUN_ENV) $(PY) -m cloudml run --pipeline $(PIPELINE) $(foreach s,$(SET),--set $(s))
 
 test: $(STAMP) $(SYSTAMP) ## the whole test suite (lint, manifests, unit, end-to-end)
 	$(PY) -m ruff check .

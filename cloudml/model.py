@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -307,6 +309,48 @@ def compile_model(net: CBHNet, mode: str) -> nn.Module:
     return torch.compile(net, mode=mode)
 
 
+@dataclass(frozen=True)
+class SettingInEffect:
+    """A speed/memory setting as configured and as it applied to a run."""
+
+    key: str
+    configured: bool
+    in_effect: bool | None  # None: the run did not record what decides it
+    why: str  # the reason it differs from the config ("" when it does not)
+
+
+def settings_in_effect(
+    config: Mapping[str, Any], device_type: str | None, frame_shape: tuple[int, int] | None
+) -> list[SettingInEffect]:
+    """mixed_precision, torch_compile and gradient_checkpointing as the training code applies
+    them (pure; `config` is Config.flat() or a run's config JSON): bf16 autocast and
+    torch.compile only on CUDA (training.loop._autocast, maybe_compile), checkpointing only
+    for frames of at least CHECKPOINT_MIN_PIXELS (configure_checkpointing). device_type or
+    frame_shape None (not recorded) leaves in_effect unknown for the settings it decides."""
+    on_cuda = None if device_type is None else device_type == "cuda"
+    big = None if frame_shape is None else frame_shape[0] * frame_shape[1] >= CHECKPOINT_MIN_PIXELS
+    cpu = "this run was on CPU" if on_cuda is False else "the device was not recorded"
+    px = f"used only for frames of at least {CHECKPOINT_MIN_PIXELS} px"
+    rules = (
+        ("mixed_precision", on_cuda, f"bf16 autocast is CUDA-only: {cpu}, so float32"),
+        # the reason maybe_compile logs: measured with bench/train_bench.py --compile
+        ("torch_compile", on_cuda, f"compiled only on CUDA: {cpu}"
+         + (" (compiling cost ~260 s for <=1.2x per step there)" if on_cuda is False else "")),
+        ("gradient_checkpointing", big,
+         f"{px}: the frame size was not recorded" if frame_shape is None else
+         f"{px}: {frame_shape[0]}x{frame_shape[1]} frames hold a few MB of activations, "
+         "recomputing them would only slow the step"),
+    )  # fmt: skip
+    out = []
+    for key, applies, reason in rules:
+        want = bool(config.get(key, False))
+        if not want:
+            out.append(SettingInEffect(key, False, False, ""))
+        else:
+            out.append(SettingInEffect(key, True, applies, "" if applies else reason))
+    return out
+
+
 def count_parameters(net: nn.Module) -> int:
     return sum(p.numel() for p in net.parameters())
 
@@ -315,12 +359,6 @@ def feature_size(cfg: ModelConfig) -> int:
     return channel_widths(cfg)[2]
 
 
-__all__ = [
-    "CBHNet",
-    "FastDropout",
-    "N_SCALARS",
-    "encode_scalars",
-    "configure_checkpointing",
-    "maybe_compile",
-    "compile_model",
-]
+__all__ = ["CBHNet", "FastDropout", "N_SCALARS", "SettingInEffect", "encode_scalars",
+           "configure_checkpointing", "maybe_compile", "compile_model",
+           "settings_in_effect"]  # fmt: skip

@@ -30,6 +30,8 @@ Context keys (all optional except metrics):
     data_source: str               "synthetic campaign" / "real flights" / ...
     plots: dict[str, str]          file name -> base64 PNG
     stages: dict[str, float]       stage -> seconds
+    model_path: str                where the shipped model sits, for the card's loading
+                                   snippet (default "model": the local run folder's model/)
 """
 
 from __future__ import annotations
@@ -46,18 +48,37 @@ from cloudml.report_sections import (
     _device,
     _table,
     baseline_text,
+    bias_rows,
+    bias_text,
     config_view,
     data_rows,
+    duration_text,
     ensemble_text,
     frame_shape,
     gate_notes,
     member_rows,
     metric_table,
+    reference_rows,
     run_rows,
+    settings_rows,
     uncertainty_text,
 )
 
 PLOTS = ("pred_vs_true.png", "residuals.png", "learning_curves.png")
+
+# what each plot shows, in words (the heading above it; the file name stays the alt text)
+PLOT_TITLES = {
+    "pred_vs_true.png": "Predicted against true cloud base, validation flight {flight} "
+    "(one point per sample; the dashed line is a perfect prediction)",
+    "residuals.png": "Residuals: prediction minus true cloud base (km), validation flight {flight}",
+    "learning_curves.png": "Learning curves: training loss and selection-split loss per "
+    "epoch (the selection split is the held-out tail of the training flights)",
+}
+
+
+def plot_title(name: str, flight: str) -> str:
+    """The heading of a plot in words; unknown plots keep their file name."""
+    return PLOT_TITLES.get(name, name).format(flight=flight)
 
 
 _CSS = """
@@ -107,6 +128,18 @@ def build_report_html(ctx: dict[str, Any]) -> str:
     for text in (uncertainty_text(metrics), baseline_text(metrics)):
         if text:
             parts.append(f"<p>{html.escape(text)}</p>")
+    parts += [
+        "<h2>Reference figures</h2>",
+        "<p>The model beside predictors that learn nothing, on the same samples.</p>",
+        _table(("predictor", "R²", "RMSE (km)", "what it is"), reference_rows(metrics)),
+    ]
+    bias, by_height = bias_text(metrics), bias_rows(metrics)
+    if bias or by_height:
+        parts.append("<h2>Bias</h2>")
+        parts += [f"<p>{html.escape(bias)}</p>"] if bias else []
+        if by_height:
+            head = ("true cloud base", "samples", "mean residual (km)")
+            parts.append(_table(head, by_height))
     ens = ensemble_text(metrics)
     if ens:
         parts += ["<h2>Ensemble members</h2>", f"<p>{html.escape(ens)}</p>"]
@@ -115,16 +148,15 @@ def build_report_html(ctx: dict[str, Any]) -> str:
             parts.append(_table(head, member_rows(metrics)))
     stages = ctx.get("stages") or {}
     if stages:
-        parts += [
-            "<h2>Stage durations</h2>",
-            _table(("stage", "seconds"), [(k, float(v)) for k, v in stages.items()]),
-        ]
+        rows = [(k, duration_text(v)) for k, v in stages.items()]
+        parts += ["<h2>Stage durations</h2>", _table(("stage", "wall time"), rows)]
     plots = ctx.get("plots") or {}
     if plots:
         parts.append("<h2>Plots</h2>")
+        flight = str(metrics.get("flight", "?"))
         for name in sorted(plots, key=lambda n: (PLOTS.index(n) if n in PLOTS else 99, n)):
             parts.append(
-                f"<h3>{html.escape(name)}</h3>"
+                f"<h3>{html.escape(plot_title(name, flight))}</h3>"
                 f'<img alt="{html.escape(name)}" src="data:image/png;base64,{plots[name]}">'
             )
     data = ctx.get("data") or {}
@@ -134,6 +166,12 @@ def build_report_html(ctx: dict[str, Any]) -> str:
             _table(("flight", "samples", "dropped by reason"), data_rows(data)),
         ]
     config = ctx.get("config") or {}
+    settings = settings_rows(config, _device(ctx), frame_shape(data))
+    if settings:
+        parts += [
+            "<h2>Settings in effect</h2>",
+            _table(("setting", "config", "in effect", "why"), settings),
+        ]
     if config:
         view = config_view(config, _device(ctx), frame_shape(data))
         parts += [

@@ -25,17 +25,6 @@ MEMBER_COLUMNS = (("r2", "R²"), ("mae_km", "MAE (km)"), ("rmse_km", "RMSE (km)"
 MISSING = "—"
 
 
-CUDA_ONLY = ("mixed_precision", "torch_compile")
-
-
-CHECKPOINT_MIN_PIXELS = 128 * 128  # = cloudml.model.CHECKPOINT_MIN_PIXELS (tested)
-
-
-LOADING_SNIPPET = """from cloudml.ensemble import load_ensemble
-ens = load_ensemble("model/")        # directory with ensemble.json and member-<i>.pt
-km = ens.predict_shard("12Feb25.h5")  # mean of the members' predictions, km"""
-
-
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
@@ -201,28 +190,105 @@ def frame_shape(data: dict[str, dict[str, Any]]) -> tuple[int, int] | None:
     return shapes.pop() if len(shapes) == 1 else None  # type: ignore[return-value]
 
 
+def settings_rows(
+    config: dict[str, Any], device: str | None, shape: tuple[int, int] | None
+) -> list[tuple[str, str, str, str]]:
+    """(setting, config value, in effect, why) for the settings that only act on CUDA or on
+    large frames (cloudml.model.settings_in_effect); settings the config does not name are
+    left out."""
+    from cloudml.model import settings_in_effect
+
+    said = {True: "yes", False: "no", None: "unknown"}
+    return [
+        (s.key, str(s.configured).lower(), said[s.in_effect], s.why or "as configured")
+        for s in settings_in_effect(config, device, shape)
+        if s.key in config
+    ]
+
+
 def config_view(
     config: dict[str, Any], device: str | None, shape: tuple[int, int] | None = None
 ) -> dict[str, Any]:
-    """The config as it applied: a CUDA-only setting that is on reads 'requested; ...' unless
-    the run was on CUDA, and gradient checkpointing unless the frames were large enough."""
+    """The config as it applied: a setting that is on but was skipped (CPU, small frames)
+    reads 'true in the config; not in effect: <why>' instead of a bare true."""
+    from cloudml.model import settings_in_effect
+
     out = dict(config)
-    where = {"cpu": "not used: this run was on CPU"}.get(str(device), "device not recorded")
-    for key in CUDA_ONLY:
-        if out.get(key) is True and device != "cuda":
-            out[key] = f"requested; used only on CUDA ({where})"
-    if out.get("gradient_checkpointing") is True:
-        if shape is None:
-            out["gradient_checkpointing"] = (
-                f"requested; used only for frames of at least {CHECKPOINT_MIN_PIXELS} px "
-                "(frame size not recorded)"
-            )
-        elif shape[0] * shape[1] < CHECKPOINT_MIN_PIXELS:
-            out["gradient_checkpointing"] = (
-                f"requested; used only for frames of at least {CHECKPOINT_MIN_PIXELS} px "
-                f"(not used: {shape[0]}x{shape[1]} frames)"
-            )
+    for s in settings_in_effect(config, device, shape):
+        if s.configured and s.in_effect is not True:
+            state = "not in effect" if s.in_effect is False else "in effect unknown"
+            out[s.key] = f"true in the config; {state}: {s.why}"
     return out
+
+
+def duration_text(seconds: float) -> str:
+    """'9 s', '2 min 05 s', '1 h 02 min': a stage's wall time, rounded to the second."""
+    s = int(round(float(seconds)))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def reference_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(predictor, R², RMSE km, what it is): the model beside the trivial predictors.
+
+    The constant predictor at the validation flight's own mean has R² 0 by definition and
+    RMSE = std of the true bases, recovered exactly from R² = 1 - MSE / var(y). The training
+    flights' mean (metrics["train_mean_predictor"], when evaluate writes it) is what a model
+    that learned nothing would predict; the ridge baseline is the one to beat.
+    """
+    rows = [("this model", _figure(metrics, "r2"), _figure(metrics, "rmse_km"),
+             "the validation-flight figures above")]  # fmt: skip
+    base = metrics.get("baseline") or {}
+    if base:
+        rows.append(("ridge baseline", _figure(base, "r2"), _figure(base, "rmse_km"),
+                     "ridge regression on global frame statistics and the solar angles"))  # fmt: skip
+    tm = metrics.get("train_mean_predictor") or {}
+    if tm:
+        what = "always the training flights' mean base"
+        if tm.get("cbh_km") is not None:
+            what += f" ({float(tm['cbh_km']):.3f} km)"
+        rows.append(("training mean", _num(tm.get("r2")), _num(tm.get("rmse_km")), what))
+    r2, rmse = metrics.get("r2"), metrics.get("rmse_km")
+    if r2 is not None and rmse is not None and float(r2) < 1.0:
+        std = float(rmse) / (1.0 - float(r2)) ** 0.5
+        rows.append(("constant", "0.000", f"{std:.3f}",
+                     "always the validation flight's own mean: R² 0 by definition, "
+                     "RMSE = the spread of the true bases"))  # fmt: skip
+    return rows
+
+
+def bias_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(true cloud-base range, samples, mean residual km) from metrics["bias_by_height"],
+    given as a list of {range | lo_km, hi_km, n, bias_km} or a {range: {n, bias_km}} map;
+    [] when the metrics do not carry it."""
+    got = metrics.get("bias_by_height") or []
+    items = list(got.items()) if isinstance(got, dict) else [(None, b) for b in got]
+    rows = []
+    for label, b in items:
+        b = b if isinstance(b, dict) else {"bias_km": b}
+        if label is None:
+            label = b.get("range") or b.get("label")
+        if label is None and b.get("lo_km") is not None:
+            label = f"{float(b['lo_km']):.1f}–{float(b['hi_km']):.1f} km"
+        bias = b.get("bias_km")
+        rows.append((str(label), _num(b.get("n")),
+                     MISSING if bias is None else f"{float(bias):+.3f}"))  # fmt: skip
+    return rows
+
+
+def bias_text(metrics: dict[str, Any]) -> str | None:
+    """One sentence on the mean residual of the validation flight; None without bias_km."""
+    bias = metrics.get("bias_km")
+    if bias is None:
+        return None
+    side = "over" if float(bias) > 0 else "under"
+    return (
+        f"Mean residual (prediction − truth) on the validation flight: {float(bias):+.3f} km: "
+        f"on average the model {side}estimates the cloud base by {abs(float(bias)):.3f} km."
+    )
 
 
 def _device(ctx: dict[str, Any]) -> str | None:
@@ -231,6 +297,7 @@ def _device(ctx: dict[str, Any]) -> str | None:
 
 
 def run_rows(ctx: dict[str, Any]) -> list[tuple[str, str]]:
-    """(what, value) for the run's identity: run id, commit, device (those known)."""
-    rows = [(k, str(ctx[k])) for k in ("run_id", "commit") if ctx.get(k)]
+    """(what, value) for the run's identity: run id, commit, device; 'not recorded' for
+    those the context lacks, so a card without a commit says so."""
+    rows = [(k, str(ctx.get(k) or "not recorded")) for k in ("run_id", "commit")]
     return [*rows, ("device", _device(ctx) or "not recorded")]

@@ -7,12 +7,10 @@ import re
 
 import pytest
 
-from cloudml import model, report_sections
 from cloudml.gate import gate_verdict
 from cloudml.model_card import build_model_card
 from cloudml.report import build_report_html, write_report
 from cloudml.report_sections import (
-    LOADING_SNIPPET,
     config_view,
     data_rows,
     gate_notes,
@@ -83,11 +81,12 @@ def test_html_escapes_values():
 def test_model_card_sections():
     card = build_model_card(_ctx())
     for head in (
-        "## Data",
+        "## Training data",
+        "## Evaluation data",
         "## Metrics (validation flight)",
         "## Gate",
         "## Configuration",
-        "## Limits",
+        "## Limitations and biases",
     ):
         assert head in card
     assert "Source: synthetic campaign" in card
@@ -226,9 +225,11 @@ def test_model_card_metrics_members_uncertainty_and_gate():
     assert "| RMSE (km) | 0.300 [0.250, 0.360] | 0.380 [0.330, 0.430] |" in card
     assert "| bias (pred − true) (km) | -0.012 | 0.004 |" in card
     assert "| samples | 147 | 147 |" in card
-    assert "## Ensemble members" in card and "| 1 | 43 | 0.410 | 0.200 | 0.300 | 0.700 |" in card
+    metrics = card.split("## Metrics (validation flight, with 95% intervals)", 1)[1]
+    uncertainty = metrics.split("\n## ", 1)[0]  # the intervals are explained beside them
+    assert "Ensemble members:\n\n| member | seed | R² |" in uncertainty
+    assert "| 1 | 43 | 0.410 | 0.200 | 0.300 | 0.700 |" in uncertainty
     assert "Member R²: min 0.350, median 0.380, max 0.410." in card
-    uncertainty = card.split("## Uncertainty", 1)[1].split("\n## ", 1)[0]
     assert "95% percentile intervals from a moving-block bootstrap" in uncertainty
     assert "time order" in uncertainty and "block length 6 samples" in uncertainty
     gate = card.split("## Gate", 1)[1].split("\n## ", 1)[0]
@@ -240,15 +241,17 @@ def test_model_card_intended_use_and_the_synthetic_caveat():
     card = build_model_card(_ens_ctx())
     use = card.split("## Intended use", 1)[1].split("\n## ", 1)[0]
     assert "Research retrieval of cloud-base height from NASA ER-2 IRAI" in use
-    assert "Not operational" in use and "synthetic campaign" in use
+    assert "synthetic campaign" in use and "Do not use it on real frames" in use
+    scope = card.split("## Out-of-scope use", 1)[1].split("\n## ", 1)[0]
+    assert "- Not operational" in scope and "land, multi-layer or high cloud" in scope
     real = build_model_card(_ens_ctx(data_source="real flights"))
     use = real.split("## Intended use", 1)[1].split("\n## ", 1)[0]
-    assert "Not operational" in use and "synthetic" not in use
+    assert "Research retrieval" in use and "synthetic" not in use
 
 
 def test_model_card_input_specification():
     card = build_model_card(_ens_ctx())
-    spec = card.split("## Inputs and output", 1)[1].split("\n## ", 1)[0]
+    spec = card.split("## Input specification", 1)[1].split("\n## ", 1)[0]
     assert "- frames: `5 x 28 x 40` float32 (temporal_frames x H x W" in spec
     assert "preprocessed by `cloudml ingest`" in spec
     assert "- sza, saa: solar zenith and solar azimuth angle of the sample, degrees." in spec
@@ -260,33 +263,43 @@ def test_model_card_input_specification():
     assert "- frames: `5 x H x W` float32" in build_model_card(ctx)
 
 
-def test_model_card_run_identity_and_loading_snippet():
+def test_model_card_run_identity():
     card = build_model_card(_ens_ctx())
-    run = card.split("## Run", 1)[1].split("\n## ", 1)[0]
+    run = card.split("## Model details", 1)[1].split("\n## ", 1)[0]
     assert "- run id: `tuned-20261124T000000Z`" in run and "- commit: `a59a7fb`" in run
-    assert "- device: `cpu`" in run
-    assert f"## Loading the model\n\n```python\n{LOADING_SNIPPET}\n```" in card
-    assert 'load_ensemble("model/")' in card and 'ens.predict_shard("12Feb25.h5")' in card
-    bare = build_model_card(_ctx())  # no run id, commit or device in ctx
-    run = bare.split("## Run", 1)[1].split("\n## ", 1)[0]
-    assert "run id" not in run and "commit" not in run and "- device: `not recorded`" in run
+    assert "- device: `cpu`" in run and "- version: cloudml `0.1.0`" in run
+    bare = build_model_card(_ctx())  # no run id, commit or device in ctx: said so
+    run = bare.split("## Model details", 1)[1].split("\n## ", 1)[0]
+    assert "- run id: `not recorded`" in run and "- commit: `not recorded`" in run
+    assert "- device: `not recorded`" in run
+
+
+OFF = "true in the config; not in effect: "
+UNKNOWN = "true in the config; in effect unknown: "
+CPU = "this run was on CPU"
 
 
 @pytest.mark.parametrize(
-    ("device", "shape", "mp", "ckpt"),
+    ("device", "shape", "mp", "tc", "ckpt"),
     [
-        ("cpu", (28, 40), "requested; used only on CUDA (not used: this run was on CPU)",
-         "requested; used only for frames of at least 16384 px (not used: 28x40 frames)"),
-        (None, None, "requested; used only on CUDA (device not recorded)",
-         "requested; used only for frames of at least 16384 px (frame size not recorded)"),
-        ("cuda", (440, 640), True, True),
+        ("cpu", (28, 40), f"{OFF}bf16 autocast is CUDA-only: {CPU}, so float32",
+         f"{OFF}compiled only on CUDA: {CPU} (compiling cost ~260 s",
+         f"{OFF}used only for frames of at least 16384 px: 28x40 frames hold a few MB"),
+        (None, None, f"{UNKNOWN}bf16 autocast is CUDA-only: the device was not recorded",
+         f"{UNKNOWN}compiled only on CUDA: the device was not recorded",
+         f"{UNKNOWN}used only for frames of at least 16384 px: the frame size was not "
+         "recorded"),
+        ("cuda", (440, 640), True, True, True),
     ],
 )  # fmt: skip
-def test_config_view_lists_cuda_only_settings_as_requested_unless_used(device, shape, mp, ckpt):
+def test_config_view_lists_skipped_settings_as_not_in_effect(device, shape, mp, tc, ckpt):
     cfg = {"mixed_precision": True, "torch_compile": True, "gradient_checkpointing": True}
     view = config_view({**cfg, "learning_rate": 5e-4}, device, shape)
-    assert view["mixed_precision"] == mp and view["torch_compile"] == mp
-    assert view["gradient_checkpointing"] == ckpt and view["learning_rate"] == 5e-4
+    for key, want in (("mixed_precision", mp), ("torch_compile", tc),
+                      ("gradient_checkpointing", ckpt)):  # fmt: skip
+        got = view[key]
+        assert got is True if want is True else got.startswith(want), (key, got)
+    assert view["learning_rate"] == 5e-4
     # switched off stays off, and the input is not changed
     off = config_view({k: False for k in cfg}, "cpu", (28, 40))
     assert off == {k: False for k in cfg} and cfg["mixed_precision"] is True
@@ -296,16 +309,14 @@ def test_card_and_html_do_not_list_skipped_settings_as_used():
     card = build_model_card(_ens_ctx())
     for key in ("mixed_precision", "torch_compile", "gradient_checkpointing"):
         assert f'"{key}": true' not in card
-        assert f'"{key}": "requested; used only' in card
+        assert f'"{key}": "true in the config; not in effect: ' in card
+        assert f"| {key} | true | no | " in card
     html = build_report_html(_ens_ctx())
-    assert "<td>torch_compile</td><td>requested; used only on CUDA" in html
+    assert "<td>torch_compile</td><td>true</td><td>no</td><td>compiled only on CUDA" in html
     cuda = build_model_card(_ens_ctx(device="cuda"))
     assert '"mixed_precision": true' in cuda and '"torch_compile": true' in cuda
-    assert '"gradient_checkpointing": "requested' in cuda  # 28x40 frames, even on CUDA
-
-
-def test_checkpoint_threshold_matches_the_model():
-    assert report_sections.CHECKPOINT_MIN_PIXELS == model.CHECKPOINT_MIN_PIXELS
+    assert "| torch_compile | true | yes | as configured |" in cuda
+    assert '"gradient_checkpointing": "true in the config; not in effect' in cuda  # 28x40
 
 
 def test_gate_notes_and_member_spread():
@@ -327,8 +338,23 @@ def test_gate_notes_and_member_spread():
 
 def test_old_metrics_render_without_new_sections():
     card = build_model_card(_ctx())
-    for head in ("## Ensemble members", "## Uncertainty"):
-        assert head not in card
-    assert "## Intended use" in card and "## Loading the model" in card
+    assert "Ensemble members" not in card and "bootstrap" not in card
+    assert "## Metrics (validation flight)\n" in card  # no intervals: not promised
+    assert "## Intended use" in card and "## How to load it" in card
     html = build_report_html(_ctx())
     assert "Ensemble members" not in html and "bootstrap" not in html
+
+
+def test_html_plot_headings_in_words_durations_rounded_and_reference_figures():
+    ctx = _ens_ctx(stages={"ingest": 9.4, "finetune": 478.6})
+    ctx["plots"]["learning_curves.png"] = PNG
+    html = build_report_html(ctx)
+    assert "<h3>Predicted against true cloud base, validation flight 12Feb25" in html
+    assert "<h3>Residuals: prediction minus true cloud base (km)" in html
+    assert "<h3>Learning curves: training loss and selection-split loss per epoch" in html
+    assert "<td>ingest</td><td>9 s</td>" in html and "<td>finetune</td><td>7 min 59 s</td>" in html
+    assert "<h2>Reference figures</h2>" in html
+    assert "<td>constant</td><td>0.000</td><td>0.394</td>" in html  # 0.3 / sqrt(1 - 0.4197)
+    assert "<td>ridge baseline</td><td>0.110 [0.020, 0.190]</td>" in html
+    assert "on average the model underestimates the cloud base by 0.012 km" in html
+    assert "<h2>Settings in effect</h2>" in html
