@@ -31,14 +31,32 @@ from cloudml.metrics import bias_by_height, regression_metrics
 log = logging.getLogger(__name__)
 
 
+def best_epoch(rows: list[dict], min_delta: float) -> int | None:
+    """The epoch whose weights a stage kept: the last one whose selection-split loss beat
+    the best before it by more than min_delta (the training loop's rule); pure."""
+    from cloudml.training.loop import improved
+
+    best, epoch = float("inf"), None
+    for r in rows:
+        if improved(r["selection_loss"], best, min_delta):
+            best, epoch = r["selection_loss"], r["epoch"]
+    return epoch
+
+
 def _plots(
-    out_dir: Path, y: np.ndarray, p: np.ndarray, histories: dict[str, list[dict]], m: dict
+    out_dir: Path,
+    y: np.ndarray,
+    p: np.ndarray,
+    histories: dict[str, list[dict]],
+    m: dict,
+    min_delta: float,
 ) -> None:
     """pred_vs_true.png, residuals.png and learning_curves.png (one panel per stage)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     def save(fig: Any, name: str) -> None:
         with atomic_path(out_dir / name) as tmp:
@@ -49,15 +67,21 @@ def _plots(
     ax.scatter(y, p, s=10, alpha=0.7)
     lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="1:1")
-    ax.set(xlabel="CPL cloud base (km)", ylabel="predicted (km)",
-           title=f"{m['flight']}: R²={m['r2']:.3f} MAE={m['mae_km']:.3f} km")  # fmt: skip
+    pad = 0.03 * (hi - lo or 1.0)
+    ax.set_xlim(lo - pad, hi + pad)  # the same range on both axes: the 1:1 line is diagonal
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_aspect("equal")
+    ax.set(xlabel="true cloud base, CPL lidar (km)", ylabel="predicted cloud base (km)",
+           title=f"Predicted vs true cloud base, {m['flight']}\n"
+                 f"R² {m['r2']:.3f}, MAE {m['mae_km']:.3f} km")  # fmt: skip
     ax.legend()
     save(fig, "pred_vs_true.png")
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.hist(p - y, bins=30)
     ax.axvline(0, color="k", lw=1)
-    ax.set(xlabel="prediction - truth (km)", ylabel="samples", title="residuals")
+    ax.set(xlabel="prediction − truth (km)", ylabel="samples",
+           title=f"Residuals on {m['flight']} (mean {m['bias_km']:+.3f} km)")  # fmt: skip
     save(fig, "residuals.png")
 
     fig, axes = plt.subplots(
@@ -71,8 +95,13 @@ def _plots(
             [r["selection_loss"] for r in rows],
             label="selection split (held-out tails of the training flights)",
         )
-        ax.set(xlabel="epoch", ylabel="loss", title=stage)
-        ax.legend()
+        best = best_epoch(rows, min_delta)
+        if best is not None:  # the epoch whose weights the stage kept
+            ax.axvline(best, color="k", ls=":", lw=1, label=f"best epoch ({best})")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(xlabel="epoch", ylabel="loss (training objective)",
+               title=f"Learning curve: {stage}")  # fmt: skip
+        ax.legend(fontsize="small")
     save(fig, "learning_curves.png")
 
 
@@ -173,6 +202,10 @@ def evaluate(
     loss = float(loss_fn(torch.as_tensor((p - sc["cbh_mean"]) / sc["cbh_std"]),
                          torch.as_tensor((y - sc["cbh_mean"]) / sc["cbh_std"]), cfg.train))  # fmt: skip
     m = {"flight": flight, "loss": loss, **ensemble_summary(y, members_km, ens.seeds)}
+    # reference: predicting the training flights' mean CBH (the target scaler's mean) always
+    mean_m = regression_metrics(y, np.full_like(y, sc["cbh_mean"]))
+    m["train_mean_predictor"] = {"cbh_km": float(sc["cbh_mean"]),
+                                 **{k: mean_m[k] for k in ("r2", "mae_km", "rmse_km")}}  # fmt: skip
     cols = {
         "cbh_pred_km": p,
         **{f"member_{s}_km": q for s, q in zip(ens.seeds, members_km, strict=True)},
@@ -187,7 +220,7 @@ def evaluate(
     hist = {k: json.loads(Path(v).read_text()) for k, v in (histories or {}).items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_predictions(out_dir / "predictions.csv", pool, y, cols)
-    _plots(out_dir, y, p, hist, m)
+    _plots(out_dir, y, p, hist, m, cfg.train.early_stopping_min_delta)
     write_json(out_dir / "metrics.json", m, indent=2)
     log.info(
         "evaluate %s: R2 %.3f [%.3f, %.3f] MAE %.3f km, %d member(s) R2 %.3f..%.3f, baseline R2 %s",

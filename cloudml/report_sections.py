@@ -260,21 +260,23 @@ def reference_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
+def height_range_text(label: str) -> str:
+    """A bias bin's metric-friendly label in words: "lt0.5" -> "< 0.5 km", "0.5-1" ->
+    "0.5–1 km", "ge1.5" -> "≥ 1.5 km"."""
+    if label.startswith("lt"):
+        return f"< {label[2:]} km"
+    if label.startswith("ge"):
+        return f"≥ {label[2:]} km"
+    return label.replace("-", "–") + " km"
+
+
 def bias_rows(metrics: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """(true cloud-base range, samples, mean residual km) from metrics["bias_by_height"],
-    given as a list of {range | lo_km, hi_km, n, bias_km} or a {range: {n, bias_km}} map;
-    [] when the metrics do not carry it."""
-    got = metrics.get("bias_by_height") or []
-    items = list(got.items()) if isinstance(got, dict) else [(None, b) for b in got]
+    """(true cloud-base range, samples, mean residual km) from metrics["bias_by_height"]
+    (cloudml.metrics.bias_by_height: {label: {"bias_km", "n"}}); [] without it."""
     rows = []
-    for label, b in items:
-        b = b if isinstance(b, dict) else {"bias_km": b}
-        if label is None:
-            label = b.get("range") or b.get("label")
-        if label is None and b.get("lo_km") is not None:
-            label = f"{float(b['lo_km']):.1f}–{float(b['hi_km']):.1f} km"
+    for label, b in (metrics.get("bias_by_height") or {}).items():
         bias = b.get("bias_km")
-        rows.append((str(label), _num(b.get("n")),
+        rows.append((height_range_text(label), _num(b.get("n")),
                      MISSING if bias is None else f"{float(bias):+.3f}"))  # fmt: skip
     return rows
 

@@ -44,7 +44,7 @@ def test_evaluate_writes_consistent_outputs(trained):
     point = {"flight", "loss", "mae_km", "rmse_km", "r2", "std_ratio", "n", "bias_km"}
     intervals = {f"{k}_{s}" for k in ("r2", "mae_km", "rmse_km") for s in ("lo", "hi")}
     ensemble = {"ensemble_size", "members", "member_r2_min", "member_r2_median", "member_r2_max"}
-    extra = {"bootstrap_block", "confidence", "bias_by_height"}
+    extra = {"bootstrap_block", "confidence", "bias_by_height", "train_mean_predictor"}
     assert set(m) == point | intervals | ensemble | extra
     assert m["r2_lo"] < m["r2"] < m["r2_hi"] and m["ensemble_size"] == 1
     assert m["members"][0]["r2"] == m["r2"] == m["member_r2_min"] == m["member_r2_max"]
@@ -65,6 +65,21 @@ def test_evaluate_writes_consistent_outputs(trained):
             assert bins[label]["bias_km"] == pytest.approx(b["bias_km"], abs=1e-4)
     for png in ("pred_vs_true.png", "residuals.png", "learning_curves.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the reference: the training flights' mean CBH as a constant prediction
+    ref = m["train_mean_predictor"]
+    const = regression_metrics(y, np.full_like(y, ref["cbh_km"]))
+    assert ref["r2"] == pytest.approx(const["r2"], abs=1e-4) and ref["r2"] <= 0.0  # csv: rounded km
+
+
+def test_best_epoch_replays_the_training_loops_rule():
+    from cloudml.evaluate import best_epoch
+
+    losses = [1.0, 0.9, 0.8996, 0.7, 0.7]  # epoch 3 improves by less than min_delta
+    rows = [{"epoch": i + 1, "selection_loss": v} for i, v in enumerate(losses)]
+    assert best_epoch(rows, 0.0005) == 4
+    assert best_epoch(rows, 0.0) == 4
+    assert best_epoch(rows[:3], 0.0005) == 2 and best_epoch(rows[:3], 0.0) == 3
+    assert best_epoch([], 0.0) is None
 
 
 def test_evaluate_refuses_a_training_flight(trained):

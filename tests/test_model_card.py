@@ -116,18 +116,19 @@ def test_constant_predictor_rmse_is_the_spread_of_the_truth():
     )
 
 
-def test_bias_by_height_in_either_shape_and_in_the_card():
-    as_list = {"bias_by_height": [{"lo_km": 0.0, "hi_km": 0.5, "n": 31, "bias_km": 0.485},
-                                  {"lo_km": 0.5, "hi_km": 1.0, "n": 70, "bias_km": -0.02}]}  # fmt: skip
-    assert bias_rows(as_list) == [("0.0–0.5 km", "31", "+0.485"), ("0.5–1.0 km", "70", "-0.020")]
-    as_map = {"bias_by_height": {"<0.5 km": {"n": 31, "bias_km": 0.485}, "0.5-1 km": -0.02}}
-    assert bias_rows(as_map) == [("<0.5 km", "31", "+0.485"), ("0.5-1 km", "—", "-0.020")]
+def test_bias_by_height_rows_and_the_card():
+    from cloudml.metrics import bias_by_height
+
+    bins = bias_by_height([0.2, 0.3, 0.7, 1.7], [0.7, 0.78, 0.68, 1.2])
+    m = {"bias_by_height": bins}
+    assert bias_rows(m) == [("< 0.5 km", "2", "+0.490"), ("0.5–1 km", "1", "-0.020"),
+                            ("1–1.5 km", "0", "—"), ("≥ 1.5 km", "1", "-0.500")]  # fmt: skip
     assert bias_rows({}) == []
     assert bias_text({"bias_km": 0.145}).endswith("overestimates the cloud base by 0.145 km.")
     assert "underestimates" in bias_text({"bias_km": -0.01}) and bias_text({}) is None
-    card = build_model_card({"metrics": {"flight": "12Feb25", "bias_km": 0.145, **as_list}})
+    card = build_model_card({"metrics": {"flight": "12Feb25", "bias_km": 0.145, **m}})
     limits = card.split("## Limitations and biases", 1)[1].split("\n## ", 1)[0]
-    assert "+0.145 km" in limits and "| 0.0–0.5 km | 31 | +0.485 |" in limits
+    assert "+0.145 km" in limits and "| < 0.5 km | 2 | +0.490 |" in limits
 
 
 @pytest.mark.parametrize(
