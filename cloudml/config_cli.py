@@ -74,11 +74,28 @@ def _print_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def keys_epilog(width: int = 100) -> str:
+    """Every config key with its one description (cloudml.config.key_help), for --help."""
+    import textwrap
+
+    from cloudml.config import key_help
+
+    helps = key_help()
+    pad = max(map(len, helps)) + 4
+    lines = ["config keys (--set KEY=VALUE; docs/config.md has each preset's defaults):"]
+    for key, text in helps.items():
+        body = textwrap.wrap(" ".join(text.split()), width - pad, break_on_hyphens=False) or [""]
+        lines.append(f"  {key:<{pad - 2}}{body[0]}")
+        lines += [" " * pad + more for more in body[1:]]
+    return "\n".join(lines)
+
+
 def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "config",
         help="print the resolved configuration as JSON",
         description="Print the configuration a command would run with (preset + --set) as JSON.",
+        epilog=keys_epilog(),
     )
     add_config_args(p)
     p.set_defaults(func=_print_config)

@@ -72,3 +72,16 @@ def test_config_doc_is_in_sync():
 if __name__ == "__main__":
     DOC.write_text(render())
     print(DOC)
+
+
+def test_config_help_lists_every_key_with_its_description(capsys):
+    import pytest
+
+    from cloudml.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["config", "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for key, desc in key_help().items():
+        assert f"{key} {' '.join(desc.split())}" in text, key

@@ -317,3 +317,21 @@ def test_cached_tasks_count_as_finished_stages():
         stage_line("ingest, 2 flights", 0.0, "cached"),
         stage_line("pretrain, member 1/2", 0.0, "cached"),
     ]
+
+
+def test_source_commit_names_the_checkout_and_says_when_it_differs(tmp_path):
+    import subprocess
+
+    from cloudml.cluster.local_run import source_commit
+
+    assert source_commit(tmp_path) is None  # not a git checkout
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f.txt").write_text("a\n")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "one"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                         text=True, check=True).stdout.strip()  # fmt: skip
+    assert source_commit(tmp_path) == sha
+    (tmp_path / "f.txt").write_text("b\n")
+    assert source_commit(tmp_path) == f"{sha}+dirty"

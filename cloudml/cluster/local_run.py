@@ -128,6 +128,32 @@ def ensure_campaign(
 
 
 # --- the run -------------------------------------------------------------------------------
+def source_commit(repo: Path | None = None) -> str | None:
+    """The git commit of the code this run executes ("<sha>" or "<sha>+dirty" when tracked
+    files differ from it), or None outside a git checkout or without git."""
+    import subprocess
+
+    repo = repo or Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "-uno"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}+dirty" if dirty.strip() else sha or None
+
+
 def pipeline_arguments(
     cfg: Config,
     raw_uri: str,
@@ -267,6 +293,9 @@ def run_local(
 
     # Stage state and the local champion live in a directory store unless one is configured.
     os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
+    commit = source_commit()
+    if commit:  # recorded by evaluate in metrics.json, the report and the model card
+        os.environ.setdefault("CLOUDML_COMMIT", commit)
     arguments = pipeline_arguments(
         cfg, str(data_dir), threshold, min_std_ratio, beat_baseline, skill_margin
     )

@@ -131,7 +131,7 @@ def save_stage_state(store: Store, prefix: str, out_dir: str | Path) -> dict[str
                 store.delete(key)
             except StorageError as e:
                 log.warning("stage state: could not delete superseded %s (%s)", key, e)
-    log.info("stage state: epoch %d saved to %s", epoch, store.describe(prefix))
+    log.debug("stage state: epoch %d saved to %s", epoch, store.describe(prefix))
     return doc
 
 
