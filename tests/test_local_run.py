@@ -117,12 +117,12 @@ def _run(tmp_path: Path, raw_dir: Path, *extra: str) -> tuple[int, Path, str]:
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypatch):
+@pytest.mark.timeout(600)
+def test_local_run_passes_gate_then_a_cached_rerun_fails_it(tmp_path, raw_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)  # build/kfp-local lands in tmp_path
     # a one-epoch model: the gate's thresholds and the baseline criterion are switched off
     rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold=-1e9", "--min-std-ratio=0",
-                            "--no-baseline")  # fmt: skip
+                            "--no-baseline", "--cache")  # fmt: skip
     assert rc == 0, out
     assert run_dir.parent == tmp_path / "runs" and run_dir.name.startswith("tuned-")
     assert RUN_FILES <= {p.name for p in run_dir.iterdir()}
@@ -168,18 +168,26 @@ def test_local_run_passes_gate_and_writes_run_folder(tmp_path, raw_dir, monkeypa
     assert len(re.findall(r"(pretrain|finetune) epoch 1 \(at most 1\)", log)) == 4
     assert "@cloudml-progress" not in log
 
-
-@pytest.mark.slow
-@pytest.mark.timeout(420)
-def test_local_run_fails_at_gate_with_r2_in_message(tmp_path, raw_dir, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+    # The same run again with --cache and a gate it cannot pass: every task whose inputs,
+    # config and code are unchanged comes from kfp.local's cache (training included: the
+    # threshold is no input of pretrain/finetune); evaluate (it takes the run id), the gate
+    # and promote run again.
+    first = m
     import builtins
 
     real_print = builtins.print
-    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold", "0.99")
+    rc, run_dir, out = _run(tmp_path, raw_dir, "--threshold", "0.99", "--cache")
     assert rc == 1
     assert builtins.print is real_print  # KFP's failed-task path leaves print indented
+    log = (run_dir / "pipeline.log").read_text()
+    for task in ("ingest", "pretrain", "finetune"):
+        assert re.search(rf"Task '?{task}'? cache hit", log), task
+    assert not re.search(r"Task '?evaluate'? cache hit", log)
+    assert not re.search(r"(pretrain|finetune) epoch 1 \(at most 1\)", log)  # nothing trained
+    stage_lines = [ln for ln in out.splitlines() if ln.startswith("✓ ")]
+    assert any(ln.split()[1].rstrip(",") == "pretrain" and "cached" in ln for ln in stage_lines)
     m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["r2"] == first["r2"] and m["members"] == first["members"]  # the same models
     assert m["gate_passed"] is False and m["threshold"] == 0.99
     assert m["promoted"] is False  # promote never runs after a failed gate
     assert f"R² = {m['r2']:.4f} [95% {m['r2_lo']:.4f}, {m['r2_hi']:.4f}] (threshold 0.9900)" in out

@@ -270,12 +270,18 @@ def run_local(
     beat_baseline: bool = DEFAULT_BEAT_BASELINE,
     skill_margin: float = DEFAULT_SKILL_MARGIN,
     verbose: bool = False,
+    cache: bool = False,
 ) -> LocalRunResult:
     """Run the pipeline locally; returns the result (gate verdict included, never raises on
     a failed gate). Other task failures raise CloudMLError naming the task and the log.
 
     The screen (sys.stdout as it is on entry) gets the stage lines; everything else printed
-    meanwhile, by the local runner and its tasks, goes to <run folder>/pipeline.log."""
+    meanwhile, by the local runner and its tasks, goes to <run folder>/pipeline.log.
+
+    `cache`: kfp.local's task cache (keyed on component, command, arguments and env; an
+    artifact argument by its URI, so a task whose inputs came from cache hits hits too). Its
+    key cannot see the cloudml code the components call, so the cache lives under
+    work_dir/kfp-cache/<code fingerprint>: changed code starts an empty one."""
     from cloudml.steps.training import member_seeds
 
     values = parse_overrides(overrides)
@@ -315,7 +321,7 @@ def run_local(
             t0 = time.perf_counter()
             ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale, say=console.say)
             before = _champion(pipeline)
-            failed = _execute(pipeline, root, arguments)
+            failed = _execute(pipeline, root, arguments, _cache_root(work_dir) if cache else None)
             if failed is not None:
                 console.task_failed(failed)
             outputs = find_outputs(root)
@@ -367,9 +373,19 @@ def run_local(
     )  # fmt: skip
 
 
-def _execute(pipeline: str, root: Path, arguments: dict[str, Any]) -> str | None:
+def _cache_root(work_dir: Path) -> Path:
+    """kfp.local's cache for this code: work_dir/kfp-cache/<code fingerprint, 16 hex>."""
+    from cloudml.steps.common import code_fingerprint
+
+    return Path(work_dir).resolve() / "kfp-cache" / code_fingerprint()[:16]
+
+
+def _execute(
+    pipeline: str, root: Path, arguments: dict[str, Any], cache_root: Path | None = None
+) -> str | None:
     """Run the pipeline graph (no retries) on kfp.local's SubprocessRunner with artifacts
-    under `root`; returns the failed task's name, or None."""
+    under `root` (and kfp.local's task cache in `cache_root`, when given); returns the failed
+    task's name, or None."""
     from kfp import local
 
     from pipelines.training import build_pipeline
@@ -377,7 +393,9 @@ def _execute(pipeline: str, root: Path, arguments: dict[str, Any]) -> str | None
     # one member at a time: each already uses every core (kfp.local runs ParallelFor
     # iterations concurrently up to the parallelism limit; 3 x 2 threads on 2 cores thrash)
     graph = build_pipeline(pipeline, retries=False, parallelism=1)
-    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=True)
+    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               raise_on_error=True, enable_caching=cache_root is not None,
+               cache_root=str(cache_root) if cache_root else None)  # fmt: skip
     failed: str | None = None
     # KFP's local runner swaps builtins.print for an indenting wrapper while a task runs
     # (kfp.local.logging_utils.indented_print) and, when a task fails with raise_on_error,
@@ -442,6 +460,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         beat_baseline=args.beat_baseline,
         skill_margin=args.skill_margin,
         verbose=getattr(args, "verbose", False),
+        cache=args.cache,
     )
     print(res.ending())
     return 0 if res.gate_passed else GateFailed.exit_code
@@ -457,6 +476,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="gate: collapse check, prediction/target std ratio (0 disables)")  # fmt: skip
     p.add_argument("--skill-margin", type=float, default=DEFAULT_SKILL_MARGIN,
                    help="gate: R² must beat the ridge baseline's by more than this")  # fmt: skip
+    p.add_argument("--cache", action="store_true",
+                   help="reuse tasks of an earlier local run whose inputs, config and cloudml "
+                   "code are unchanged (kfp.local's cache; training included)")  # fmt: skip
     p.add_argument("--no-baseline", dest="beat_baseline", action="store_false",
                    help="gate: do not require beating the ridge baseline")  # fmt: skip
     p.add_argument(
