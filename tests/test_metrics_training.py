@@ -39,9 +39,13 @@ def test_training_outputs_write_curves_of_both_stages_and_viewer_metadata(tmp_pa
     pre = [{**r, "stage": "pretrain", "train_loss": r["train_loss"] + 1} for r in ROWS[:1]]
     (model / "pretrain_history.json").write_text(json.dumps(pre))
     ui = tmp_path / "ui.json"
-    shown = training_outputs(SUMMARY, model, tmp_path / "curves", "minio://mlpipeline/a/b", ui)
+    metrics = tmp_path / "metrics"
+    shown = training_outputs(SUMMARY, model, tmp_path / "curves", "minio://mlpipeline/a/b", ui,
+                             metrics)  # fmt: skip
     assert shown == {"epochs_run": 2.0, "best_epoch": 2.0, "best_selection_loss": 0.75,
                      "stopped_early": 0.0}  # fmt: skip
+    # the Metrics artifact has a file (kfp.local's cache needs every output artifact's file)
+    assert json.loads(metrics.read_text()) == shown
     s = read_scalars(tmp_path / "curves")
     assert s["pretrain/train_loss"] == [(1, pytest.approx(1.9))]
     assert len(s["finetune/train_loss"]) == 2

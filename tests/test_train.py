@@ -146,10 +146,13 @@ def test_loading_into_another_architecture_names_the_keys(tmp_path):
 
 def test_early_stopping_keeps_best_epoch(tmp_path):
     shards = write_shards(tmp_path, ["30Oct24"])
-    cfg = fast_cfg(epochs=10, early_stopping_patience=2, early_stopping_min_delta=100.0)
+    cfg = fast_cfg(epochs=10, early_stopping_patience=2, early_stopping_min_delta=1.0)
     s = train.pretrain(shards, cfg, tmp_path / "pre")
-    # no epoch can improve by 100: epoch 1 is best, stop after patience epochs more
+    # no epoch can improve by more than 1.0 (the largest min_delta; the selection losses here
+    # stay below 1): epoch 1 is best, stop after patience epochs more
     assert (s["best_epoch"], s["epochs_run"], s["stopped_early"]) == (1, 3, True)
+    hist = json.loads((tmp_path / "pre" / "history.json").read_text())
+    assert max(r["selection_loss"] for r in hist) < 1.0  # the premise: no drop can exceed 1
     ck = load_checkpoint(tmp_path / "pre" / "model.pt")
     assert ck["epoch"] == 1 and ck["best_selection_loss"] == pytest.approx(s["best_selection_loss"])
 

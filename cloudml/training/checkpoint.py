@@ -52,7 +52,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 def load_error_reason(e: Exception) -> str:
     """Why torch.load(weights_only=True) failed, in our words. torch's own text advises
-    re-running with weights_only=False, which would let the file run code: never shown."""
+    re-running with the weights-only check switched off, which would let the file run code:
+    never shown."""
     text = str(e)
     if isinstance(e, pickle.UnpicklingError):
         detail = next((ln.strip() for ln in text.splitlines() if "GLOBAL" in ln), "")
