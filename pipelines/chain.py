@@ -124,11 +124,15 @@ def build_members(retry: dict[str, Any] | None, parallelism: int):
     return train_members
 
 
-TrainEvaluateOutputs = NamedTuple(
-    "TrainEvaluateOutputs",
-    [("model", dsl.Model), ("evaluation", dsl.Dataset), ("selection", str), ("r2", float),
-     ("r2_lo", float), ("r2_hi", float), ("std_ratio", float), ("baseline_r2", float)],
-)  # fmt: skip
+class TrainEvaluateOutputs(NamedTuple):
+    model: dsl.Model
+    evaluation: dsl.Dataset
+    selection: str
+    r2: float
+    r2_lo: float
+    r2_hi: float
+    std_ratio: float
+    baseline_r2: float  # fmt: skip
 
 
 def build_train_evaluate(retry: dict[str, Any] | None, parallelism: int):

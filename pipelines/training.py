@@ -25,8 +25,8 @@ from typing import Any
 from kfp import dsl
 
 from cloudml.cluster import settings as platform
-from cloudml.experiments import base_preset, is_experiment
 from cloudml.config import SECTIONS, key_help, load_config, pipeline_keys
+from cloudml.experiments import base_preset, is_experiment
 from cloudml.gate import (
     DEFAULT_BEAT_BASELINE,
     DEFAULT_MIN_STD_RATIO,

@@ -107,6 +107,31 @@ def lofo_ui_metrics(rows: list[dict[str, Any]], summary: dict[str, float]) -> di
     return out
 
 
+# --- text (what `cloudml run` prints) -------------------------------------------------------
+SWEEP_TEXT = (("rank", "rank"), ("variant", "variant"), ("selection_r2", "sel R² (ranked)"),
+              ("val_r2", f"val R² ({NOT_RANKED})"), ("val_mae_km", "val MAE km"),
+              ("train_seconds", "train s"))  # fmt: skip
+LOFO_TEXT = (("held_out", "held out"), ("pretrain_flight", "pretrained on"), ("r2", "R²"),
+             ("r2_lo", "R² lo"), ("r2_hi", "R² hi"), ("mae_km", "MAE km"),
+             ("bias_km", "bias km"), ("n", "n"))  # fmt: skip
+
+
+def text_table(rows: list[dict[str, Any]], cols: tuple[tuple[str, str], ...]) -> list[str]:
+    """Aligned plain-text lines: a header, then one line per row (pure)."""
+    cells = [[h for _, h in cols]] + [[_text(r[k]) for k, _ in cols] for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(cols))]
+    return ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in cells]  # fmt: skip
+
+
+def _text(x: Any) -> str:
+    if isinstance(x, bool):
+        return "yes" if x else ""
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.4f}"
+    return str(x)
+
+
 # --- files ---------------------------------------------------------------------------------
 def to_csv(rows: list[dict[str, Any]], columns: tuple[str, ...]) -> str:
     buf = io.StringIO()

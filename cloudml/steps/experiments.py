@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from cloudml.errors import DataError, GateFailed
-from cloudml.experiments import ranking, tables
+from cloudml.experiments import BASE_PRESET, ranking, tables
 from cloudml.experiments.folds import fold_configs
 from cloudml.experiments.variants import variant_configs
 from cloudml.fileio import atomic_path, write_json
@@ -88,7 +88,7 @@ def run_compare(
     cfg = json.loads((evals[order[0]] / "config.json").read_text())
     _write_table(Path(csv_dir), "comparison", rows, tables.SWEEP_COLUMNS)
     with atomic_path(Path(html_path)) as tmp:
-        tmp.write_text(tables.sweep_html(rows, cfg["validation_flight"], "tuned"))
+        tmp.write_text(tables.sweep_html(rows, cfg["validation_flight"], BASE_PRESET))
     return rows, tables.sweep_ui_metrics(rows)
 
 
@@ -138,7 +138,9 @@ def run_lofo_report(
     cfgs = {label: json.loads((d / "config.json").read_text()) for label, d in evals.items()}
     flights = next(iter(cfgs.values()))["flights"]
     rows = []
-    for label, d in sorted(evals.items(), key=lambda kv: flights.index(cfgs[kv[0]]["validation_flight"])):
+    for label, d in sorted(
+        evals.items(), key=lambda kv: flights.index(cfgs[kv[0]]["validation_flight"])
+    ):
         c = cfgs[label]
         y, p = _predictions(d)
         rows.append(tables.lofo_row(c["validation_flight"], c["pretrain_flight"], _metrics(d),
