@@ -139,9 +139,10 @@ def test_one_ingest_per_flight(compiled):
     assert body["ingest"]["inputs"]["parameters"]["config_json"] == {
         "componentInputParameter": "pipelinechannel--config_json"
     }
-    assert root["train-evaluate"]["inputs"]["parameters"]["config_json"][
-        "taskOutputParameter"
-    ] == {"outputParameterKey": "Output", "producerTask": "resolve-config"}
+    assert root["train-evaluate"]["inputs"]["parameters"]["config_json"]["taskOutputParameter"] == {
+        "outputParameterKey": "Output",
+        "producerTask": "resolve-config",
+    }
     assert body["ingest"]["inputs"]["parameters"]["flight"] == {
         "componentInputParameter": "pipelinechannel--flights-loop-item"
     }

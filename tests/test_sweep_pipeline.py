@@ -63,7 +63,9 @@ def test_parallelism_limit_is_in_the_spec(compiled, monkeypatch, tmp_path):
     kind, spec, _ = compiled
     root = spec["root"]["dag"]["tasks"]
     (loop,) = [t for k, t in root.items() if k.startswith("for-loop")]
-    assert loop["taskInfo"]["name"] == {"sweep": "train-each-variant", "lofo": "train-each-fold"}[kind]
+    assert (
+        loop["taskInfo"]["name"] == {"sweep": "train-each-variant", "lofo": "train-each-fold"}[kind]
+    )
     assert loop["iteratorPolicy"]["parallelismLimit"] == platform.gpu_parallelism()
     assert loop["parameterIterator"]["items"]["inputParameter"].endswith(f"{kind}-configs-Output")
     # each model trains its members one at a time: the limit is the number of GPUs taken
@@ -89,7 +91,7 @@ def upstream(spec: dict, comp: str, task: str, ctx: tuple = ()) -> set[str]:
     def visit_inputs(c: str, t: str, ctx: tuple) -> None:
         node = dag(c)["tasks"][t]
         for kind in ("parameters", "artifacts"):
-            for name, src in node.get("inputs", {}).get(kind, {}).items():
+            for src in node.get("inputs", {}).get(kind, {}).values():
                 visit_source(c, src, ctx)
         # dependentTasks only order tasks (they also list every data producer): not followed
 
