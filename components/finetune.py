@@ -46,6 +46,6 @@ def finetune(
     summary = run_finetune(dirs, config_json, pretrained.path, model.path, key)
     model.metadata.update({k: summary[k] for k in ("best_epoch", "best_selection_loss")})
     shown = training_outputs(summary, model.path, curves.path, curves.uri,
-                             mlpipeline_ui_metadata.path)  # fmt: skip
+                             mlpipeline_ui_metadata.path, metrics.path)  # fmt: skip
     for name, value in shown.items():
         metrics.log_metric(name, value)

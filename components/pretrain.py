@@ -43,6 +43,6 @@ def pretrain(
     summary = run_pretrain(dirs, config_json, model.path, training_state_key(config_json, dirs))
     model.metadata.update({k: summary[k] for k in ("best_epoch", "best_selection_loss")})
     shown = training_outputs(summary, model.path, curves.path, curves.uri,
-                             mlpipeline_ui_metadata.path)  # fmt: skip
+                             mlpipeline_ui_metadata.path, metrics.path)  # fmt: skip
     for key, value in shown.items():
         metrics.log_metric(key, value)

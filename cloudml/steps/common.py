@@ -135,6 +135,7 @@ def training_outputs(
     curves_dir: str | Path,
     curves_uri: str,
     ui_metadata_path: str | Path,
+    metrics_path: str | Path | None = None,
 ) -> dict[str, float]:
     """What a training task shows in the Kubeflow UI: TensorBoard event files of every
     history in model_dir (pretrain_history.json, history.json) under curves_dir, the
@@ -148,4 +149,9 @@ def training_outputs(
         if (model_dir / name).is_file():
             write_curves(json.loads((model_dir / name).read_text()), Path(curves_dir), stage)
     write_json(Path(ui_metadata_path), tensorboard_ui_metadata(curves_uri), **JSON_OPTIONS)
-    return training_metrics(summary)
+    scalars = training_metrics(summary)
+    if metrics_path is not None:
+        # the Metrics artifact as a file too: kfp.local's cache treats an output artifact
+        # without a file as missing, so a task with a Metrics output never hit its cache
+        write_json(Path(metrics_path), scalars, **JSON_OPTIONS)
+    return scalars
