@@ -1,7 +1,7 @@
 """The CloudML training pipeline, compiled once per preset.
 
-    resolve-config -> fingerprint + ingest (ParallelFor over `flights`) -> pretrain -> finetune
-        -> evaluate -> gate -> promote
+    resolve-config -> train-evaluate (pipelines/chain.py: ingest each flight, train the
+        ensemble's members in parallel, evaluate, selection score) -> gate -> promote
 
 Parameters: every key of cloudml.config (defaults from the preset; the Kubeflow UI shows and
 edits each), plus raw_uri, threshold and min_std_ratio. The signature is built from
@@ -22,10 +22,11 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from kfp import dsl, kubernetes
+from kfp import dsl
 
 from cloudml.cluster import settings as platform
 from cloudml.config import SECTIONS, key_help, load_config, pipeline_keys
+from cloudml.experiments import base_preset, is_experiment
 from cloudml.gate import (
     DEFAULT_BEAT_BASELINE,
     DEFAULT_MIN_STD_RATIO,
@@ -33,23 +34,21 @@ from cloudml.gate import (
     DEFAULT_THRESHOLD,
 )
 from components.config import resolve_config
-from components.evaluate import evaluate
-from components.finetune import finetune
-from components.fingerprint import fingerprint
 from components.gate import gate
-from components.ingest import ingest
-from components.members import member_seeds
-from components.pretrain import pretrain
 from components.promote import promote
-
-# Non-secret settings in the cloudml-settings ConfigMap, exposed under the same env names.
-SETTINGS_KEYS = (
-    "MINIO_ENDPOINT",
-    "MINIO_BUCKET",
-    "MINIO_SECURE",
-    "CLOUDML_STORE",
-    "PUSHGATEWAY_URL",
+from pipelines.chain import (  # noqa: F401 - SETTINGS_KEYS, RETRY: the pipeline's contract
+    CPU_TASK,
+    GPU_TASK,
+    RETRY,
+    SETTINGS_KEYS,
+    SMALL_TASK,
+    build_train_evaluate,
+    on_cpu,
+    retried,
+    threads_for,
+    with_env,
 )
+
 DEFAULT_RAW_URI = f"s3://{platform.MINIO_BUCKET}/raw"
 EXTRA_PARAMS: dict[str, tuple[type, Any]] = {
     "raw_uri": (str, DEFAULT_RAW_URI),
@@ -71,13 +70,6 @@ EXTRA_HELP: dict[str, str] = {
     "skill_margin": "Gate, with beat_baseline: how far above the baseline's R² the "
     "ensemble's must be.",
 }
-# Retries with exponential backoff: ingest and training resume from what they wrote
-# (a finished shard / last.pt), so a preempted pod picks up where it stopped.
-RETRY = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0,
-         "backoff_max_duration": "1800s"}  # fmt: skip
-CPU_TASK = {"cpu": "2", "memory": "8Gi"}
-GPU_TASK = {"cpu": "4", "memory": "32Gi"}
-SMALL_TASK = {"cpu": "500m", "memory": "512Mi"}
 
 
 def _param_type(typ: Any) -> type:
@@ -111,195 +103,63 @@ def args_docstring(summary: str, names: list[str], lead: dict[str, str] | None =
     return "\n".join(lines)
 
 
-def _with_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """MinIO credentials from the Secret and settings from the ConfigMap, as env only."""
-    kubernetes.use_secret_as_env(task, platform.MINIO_SECRET_NAME, dict(platform.MINIO_SECRET_ENV))
-    kubernetes.use_config_map_as_env(
-        task, platform.SETTINGS_CONFIGMAP, {k: k for k in SETTINGS_KEYS}, optional=True
-    )
-    return task
-
-
-def threads_for(cpu: str) -> int:
-    """Compute threads for a task's CPU request ("500m" -> 1, "4" -> 4). A request without a
-    limit gives the container no CFS quota to read (cloudml.threads), so the task is told."""
-    n = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
-    return max(1, int(n))
-
-
-def _on_cpu(task: dsl.PipelineTask, res: dict[str, str]) -> dsl.PipelineTask:
-    """CPU and memory requests, and as many compute threads as CPUs requested."""
-    task.set_cpu_request(res["cpu"]).set_memory_request(res["memory"])
-    return task.set_env_variable("CLOUDML_THREADS", str(threads_for(res["cpu"])))
-
-
-def _on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """One GPU, the GPU pool's node selector and toleration."""
-    pool = platform.gpu_pool()
-    task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(pool.gpus_per_task)
-    _on_cpu(task, GPU_TASK)
-    kubernetes.add_node_selector(task, pool.label_key, pool.label_value)
-    kubernetes.add_toleration(
-        task, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
-    )
-    return task
-
-
-def _retried(task: dsl.PipelineTask, retry: dict[str, Any] | None) -> dsl.PipelineTask:
-    """The task with the retry policy `retry` (RETRY's keys); None leaves it unretried."""
-    return task.set_retry(**retry) if retry else task
-
-
 def _resolved_config(preset: str, p: dict[str, Any]) -> dsl.PipelineTask:
     """A resolve-config task over the config parameters in `p` (pipeline channels)."""
-    task = resolve_config(preset=preset, **{k: v for k, v in p.items() if k not in EXTRA_PARAMS})
-    return _on_cpu(task.set_display_name("resolve-config"), SMALL_TASK)
+    known = set(pipeline_keys())
+    task = resolve_config(preset=preset, **{k: v for k, v in p.items() if k in known})
+    return on_cpu(task.set_display_name("resolve-config"), SMALL_TASK)
 
 
-def _ingest_flights(
-    preset: str, p: dict[str, Any], cfg: dsl.PipelineTask, retry: dict[str, Any] | None
-) -> dsl.PipelineTask:
-    """The fan-out: fingerprint + ingest per flight, after `cfg`; returns the ingest task
-    (its `shard` outputs are collected by the caller)."""
-    # Fan-out: one ingest per flight. Caching: ingest's real input is external data
-    # (raw_uri/<flight>/) that KFP's cache key cannot see, so an uncached fingerprint task
-    # hashes it first (on MinIO: the sha256 of the flight's stored manifest, no download) and
-    # ingest takes that hash as an input. Unchanged raw data + unchanged config = cache hit;
-    # changed raw files = new fingerprint = re-ingest.
-    # The loop body resolves the config itself (from pipeline parameters) instead of taking
-    # cfg.output: kfp 2.17's local runner replaces every task-output input of a ParallelFor
-    # body with the loop item (kfp/local/orchestrator/task_spec_utils.py,
-    # create_parameter_loop_iteration_task_spec), which would hand ingest a flight name as
-    # its config. `.after(cfg)` keeps the up-front validation ordering.
-    with dsl.ParallelFor(p["flights"], name="ingest-each-flight") as flight:
-        cfg_in_loop = _resolved_config(preset, p).after(cfg)
-        fp = fingerprint(raw_uri=p["raw_uri"], flight=flight).after(cfg)
-        _with_env(
-            _on_cpu(fp.set_display_name("fingerprint").set_caching_options(False), SMALL_TASK)
-        )
-        ing = ingest(
-            raw_uri=p["raw_uri"],
-            flight=flight,
-            config_json=cfg_in_loop.output,
-            raw_fingerprint=fp.output,
-        )
-        ing.set_display_name("ingest")
-        _with_env(_on_cpu(_retried(ing, retry), CPU_TASK))
-    return ing
+def gate_settings(p: dict[str, Any]) -> dict[str, Any]:
+    """The gate parameters the chain's evaluate and the gate take, as pipeline channels."""
+    return {k: p[k] for k in ("threshold", "min_std_ratio", "beat_baseline", "skill_margin")}
 
 
-def _train_member(preset: str, p: dict[str, Any], shards: Any, seed: Any, retry: Any) -> Any:
-    """One member: its config (the run's, with its own seed), pretrain, finetune on the GPU
-    pool; returns the finetune task."""
-    cfg = _resolved_config(preset, {**p, "seed": seed})
-    # No run id among the inputs (KFP's cache key): the stage state is keyed by code, config
-    # and data inside the task (steps.common.training_state_key), so an unchanged re-run is
-    # a cache hit and a retry on a new pod still resumes.
-    pre = pretrain(shards=shards, config_json=cfg.output)
-    _with_env(_on_gpu(_retried(pre.set_display_name("pretrain"), retry)))
-    fin = finetune(shards=shards, config_json=cfg.output, pretrained=pre.outputs["model"])
-    return _with_env(_on_gpu(_retried(fin.set_display_name("finetune"), retry)))
-
-
-def build_members(preset: str, retry: dict[str, Any] | None, parallelism: int):
-    """The sub-pipeline that trains the ensemble: member-seeds, then one pretrain + finetune
-    chain per member seed under a ParallelFor (at most `parallelism` members at once);
-    takes the shards and every config parameter, returns the finetuned members.
-
-    A sub-pipeline because kfp 2.17 cannot compile a Collected (the ingest fan-in) used inside
-    another ParallelFor; as a sub-pipeline input the shards are a plain artifact list."""
-    names = [k for k in pipeline_parameters(preset) if k not in EXTRA_PARAMS]
-
-    def members(shards: dsl.Input[list[dsl.Dataset]], *args: Any):
-        p = dict(zip(names, args, strict=True))
-        seeds = member_seeds(seed=p["seed"], ensemble_size=p["ensemble_size"])
-        _on_cpu(seeds.set_display_name("member-seeds"), SMALL_TASK)
-        with dsl.ParallelFor(
-            seeds.output, name="train-each-member", parallelism=parallelism
-        ) as seed:
-            fin = _train_member(preset, p, shards, seed, retry)
-        return dsl.Collected(fin.outputs["model"])
-
-    types = {k: t for k, (t, _) in pipeline_parameters(preset).items()}
-    sig = [
-        inspect.Parameter(
-            "shards",
-            inspect.Parameter.POSITIONAL_OR_KEYWORD,
-            annotation=dsl.Input[list[dsl.Dataset]],
-        )
-    ]
-    sig += [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=types[n])
-            for n in names]  # fmt: skip
-    members.__signature__ = inspect.Signature(sig, return_annotation=list[dsl.Model])
-    members.__annotations__ = {"shards": dsl.Input[list[dsl.Dataset]],
-                               **{n: types[n] for n in names},
-                               "return": list[dsl.Model]}  # fmt: skip
-    members.__name__ = "train_members"
-    members.__doc__ = (
-        args_docstring(
-            "The ensemble's members, in parallel: one pretrain + finetune chain per member seed.",
-            ["shards", *names],
-            {"shards": "Every flight's processed shard (the ingest fan-in)."},
-        )
-        + "\n\nReturns:\n    Output: The finetuned members (one Model per seed)."
-    )
-    return dsl.pipeline(name="train-members")(members)
-
-
-def _graph(
-    preset: str, p: dict[str, Any], retry: dict[str, Any] | None, train_members: Any
+def gate_and_promote(
+    results: dsl.PipelineTask, p: dict[str, Any], pipeline: str, retry: dict[str, Any] | None
 ) -> None:
-    """The DAG; `p` maps parameter names to pipeline channels; `retry` None = no retries;
-    `train_members` is build_members' sub-pipeline (built outside this pipeline's context)."""
-
-    cfg = _resolved_config(preset, p)
-    config_json = cfg.output
-    ing = _ingest_flights(preset, p, cfg, retry)
-
-    def shards() -> dsl.Collected:
-        # one Collected per consumer: the compiler resolves each use separately
-        return dsl.Collected(ing.outputs["shard"])
-
-    config_keys = [k for k in p if k not in EXTRA_PARAMS]
-    members = train_members(shards=shards(), **{k: p[k] for k in config_keys})
-    members.set_display_name("train-members")
-
-    ev = evaluate(
-        shards=shards(),
-        config_json=config_json,
-        members=members.output,
-        threshold=p["threshold"],
-        min_std_ratio=p["min_std_ratio"],
-        beat_baseline=p["beat_baseline"],
-        skill_margin=p["skill_margin"],
-        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-    )
-    _with_env(_on_gpu(_retried(ev.set_display_name("evaluate"), retry)))
-
+    """gate on `results`' float outputs (r2, its interval, std_ratio, baseline_r2), then
+    promote its `model` as `pipeline`'s challenger."""
     # No retry: a failed gate is a verdict, not a transient fault.
     g = gate(
-        r2=ev.outputs["r2"],
-        r2_lo=ev.outputs["r2_lo"],
-        r2_hi=ev.outputs["r2_hi"],
-        std_ratio=ev.outputs["std_ratio"],
-        baseline_r2=ev.outputs["baseline_r2"],
-        threshold=p["threshold"],
-        min_std_ratio=p["min_std_ratio"],
-        beat_baseline=p["beat_baseline"],
-        skill_margin=p["skill_margin"],
+        **{k: results.outputs[k] for k in ("r2", "r2_lo", "r2_hi", "std_ratio", "baseline_r2")},
+        **gate_settings(p),
         flight=p["validation_flight"],
-        pipeline=preset,
+        pipeline=pipeline,
     )
-    _with_env(_on_cpu(g.set_display_name("gate"), SMALL_TASK))
-
+    with_env(on_cpu(g.set_display_name("gate"), SMALL_TASK))
     # Only a passed gate reaches promotion; the champion pointer moves only if R² beats it.
     # Not cached: the decision depends on the store's current champion, not on the inputs.
     pr = promote(
-        model=ev.outputs["model"], pipeline=preset, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        r2=ev.outputs["r2"],
+        model=results.outputs["model"], pipeline=pipeline,
+        run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, r2=results.outputs["r2"],
     ).after(g)  # fmt: skip
     pr.set_display_name("promote").set_caching_options(False)
-    _with_env(_on_cpu(_retried(pr, retry), SMALL_TASK))
+    with_env(on_cpu(retried(pr, retry), SMALL_TASK))
+
+
+def _graph(preset: str, p: dict[str, Any], retry: dict[str, Any] | None, chain: Any) -> None:
+    """The DAG; `p` maps parameter names to pipeline channels; `retry` None = no retries;
+    `chain` is the train-evaluate sub-pipeline (built outside this pipeline's context)."""
+    cfg = _resolved_config(preset, p)  # every problem listed before any data moves
+    te = chain(config_json=cfg.output, flights=p["flights"], raw_uri=p["raw_uri"],
+               **gate_settings(p))  # fmt: skip
+    te.set_display_name("train-evaluate")
+    gate_and_promote(te, p, preset, retry)
+
+
+def signed(fn: Any, params: dict[str, tuple[type, Any]], name: str, doc: str) -> Any:
+    """`fn(*args)` with the signature, annotations, name and docstring kfp compiles into the
+    pipeline's parameters (one per entry of params, with its default)."""
+    sig = [
+        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=t)
+        for n, (t, d) in params.items()
+    ]
+    fn.__signature__ = inspect.Signature(sig)
+    fn.__annotations__ = {n: t for n, (t, _) in params.items()}
+    fn.__name__ = name.replace("-", "_")
+    fn.__doc__ = doc
+    return dsl.pipeline(name=name)(fn)
 
 
 def pipeline_name(preset: str) -> str:
@@ -315,28 +175,25 @@ def build_pipeline(preset: str = "tuned", retries: bool = True, parallelism: int
     `parallelism`: members trained at once (default cluster.settings.gpu_parallelism(), one
     GPU each); the local runner honours it too, so a CPU run asks for 1.
     """
+    if is_experiment(preset):
+        from pipelines.experiments import build_experiment
+
+        return build_experiment(preset, retries, parallelism)
     params = pipeline_parameters(preset)
     names = list(params)
     retry = RETRY if retries else None
-    train_members = build_members(preset, retry, parallelism or platform.gpu_parallelism())
+    chain = build_train_evaluate(retry, parallelism or platform.gpu_parallelism())
 
     def training(*args: Any) -> None:
-        _graph(preset, dict(zip(names, args, strict=True)), retry, train_members)
+        _graph(preset, dict(zip(names, args, strict=True)), retry, chain)
 
-    sig = [
-        inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=d, annotation=t)
-        for n, (t, d) in params.items()
-    ]
-    training.__signature__ = inspect.Signature(sig)  # type: ignore[attr-defined]
-    training.__annotations__ = {n: t for n, (t, _) in params.items()}
-    training.__name__ = pipeline_name(preset).replace("-", "_")
-    training.__doc__ = args_docstring(
+    doc = args_docstring(
         f"CloudML cloud-base-height training, preset {preset}: ingest every flight, train an "
         "ensemble of ensemble_size members (pretrain + finetune each, on the GPU pool), "
         "evaluate on validation_flight, gate, promote.",
         names,
     )
-    return dsl.pipeline(name=pipeline_name(preset))(training)
+    return signed(training, params, pipeline_name(preset), doc)
 
 
 def compile_pipeline(preset: str, out: Path) -> Path:
@@ -346,7 +203,7 @@ def compile_pipeline(preset: str, out: Path) -> Path:
 
     from cloudml.fileio import atomic_path
 
-    load_config(preset)  # validates the preset name and values first
+    load_config(base_preset(preset))  # validates the preset name and values first
     out = Path(out)
     with atomic_path(out) as tmp:
         yaml_tmp = tmp.with_suffix(".yaml")

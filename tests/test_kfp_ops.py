@@ -174,3 +174,37 @@ def test_server_rejection_is_a_clear_error(standin, capsys):
     assert main(["submit", "--pipeline", "tuned"]) == 1
     err = capsys.readouterr().err
     assert standin.url in err and "rejected upload of a version of cloudml-tuned" in err
+
+
+@pytest.mark.parametrize("kind", ["sweep", "lofo"])
+def test_submit_experiment_creates_its_pipeline_and_run(standin, kind):
+    """make submit PIPELINE=sweep / lofo: the experiment's own pipeline (base preset tuned),
+    the overrides as run parameters."""
+    assert main(["submit", "--pipeline", kind, "--set", "epochs=2"]) == 0
+    spec = _uploaded_spec(standin, "upload")
+    assert spec["pipelineInfo"]["name"] == f"cloudml-{kind}"
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["learning_rate"]["defaultValue"] == 0.0005  # tuned's
+    assert ("variants" in params) == (kind == "sweep")
+    assert ("gate_mean" in params) == (kind == "lofo")
+    (pipeline,) = standin.pipelines.values()
+    assert pipeline["display_name"] == f"cloudml-{kind}"
+    (run,) = standin.runs.values()
+    assert run["display_name"].startswith(f"cloudml-{kind}-")
+    assert run["runtime_config"]["parameters"] == {"epochs": 2}
+
+
+def test_submit_sweep_with_a_variants_file(standin, tmp_path):
+    (tmp_path / "v.yaml").write_text("- name: a\n  overrides: {weight_decay: 0.1}\n- name: b\n")
+    assert main(["submit", "--pipeline", "sweep", "--variants", str(tmp_path / "v.yaml")]) == 0
+    (run,) = standin.runs.values()
+    assert run["runtime_config"]["parameters"] == {
+        "variants": [{"name": "a", "overrides": {"weight_decay": 0.1}},
+                     {"name": "b", "overrides": {}}],
+    }  # fmt: skip
+
+
+def test_submit_sweep_rejects_a_bad_variant_before_contacting_server(standin, tmp_path, capsys):
+    (tmp_path / "v.yaml").write_text("- name: a\n  overrides: {epochs: 0}\n")
+    assert main(["submit", "--pipeline", "sweep", "--variants", str(tmp_path / "v.yaml")]) == 1
+    assert "variant a" in capsys.readouterr().err and standin.requests == []

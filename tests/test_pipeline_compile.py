@@ -18,7 +18,8 @@ from pipelines.training import compile_pipeline
 
 MARKER = "s3cr3t-marker-7f1c"
 GPU_TASKS = ("pretrain", "finetune", "evaluate")
-CPU_TASKS = ("resolve-config", "fingerprint", "ingest", "member-seeds", "gate", "promote")
+CPU_TASKS = ("resolve-config", "fingerprint", "ingest", "member-seeds", "member-config",
+             "selection-score", "gate", "promote")  # fmt: skip
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,38 +58,50 @@ def _tasks(spec: dict) -> dict:
 
 
 def test_stages_and_dependencies(compiled):
+    """root: resolve-config -> train-evaluate (the one chain: ingest loop, train-members,
+    evaluate, selection-score) -> gate -> promote."""
     _, spec, _, _ = compiled
     root = spec["root"]["dag"]["tasks"]
-    loop = next(k for k in root if k.startswith("for-loop"))
-    assert root[loop]["taskInfo"]["name"] == "ingest-each-flight"
-    assert set(root) == {"resolve-config", loop, "train-members", "evaluate", "gate", "promote"}
-    assert root[loop]["dependentTasks"] == ["resolve-config"]
-    assert loop in root["train-members"]["dependentTasks"]
-    assert "train-members" in root["evaluate"]["dependentTasks"]
-    assert root["evaluate"]["inputs"]["artifacts"]["members"]["taskOutputArtifact"] == {
+    assert set(root) == {"resolve-config", "train-evaluate", "gate", "promote"}
+    assert root["train-evaluate"]["dependentTasks"] == ["resolve-config"]
+    chain = spec["components"]["comp-train-evaluate"]["dag"]["tasks"]
+    loop = next(k for k in chain if k.startswith("for-loop"))
+    assert chain[loop]["taskInfo"]["name"] == "ingest-each-flight"
+    assert set(chain) == {loop, "train-members", "evaluate", "selection-score"}
+    assert loop in chain["train-members"]["dependentTasks"]
+    assert "train-members" in chain["evaluate"]["dependentTasks"]
+    assert chain["evaluate"]["inputs"]["artifacts"]["members"]["taskOutputArtifact"] == {
         "outputArtifactKey": "Output",
         "producerTask": "train-members",
     }
-    assert root["gate"]["dependentTasks"] == ["evaluate"]
+    assert root["gate"]["dependentTasks"] == ["train-evaluate"]
     assert "gate" in root["promote"]["dependentTasks"]  # only a passed gate promotes
     # the shipped model is evaluate's ensemble artifact, not one member's checkpoint
     assert root["promote"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
         "outputArtifactKey": "model",
-        "producerTask": "evaluate",
+        "producerTask": "train-evaluate",
     }
+    outputs = spec["components"]["comp-train-evaluate"]["dag"]["outputs"]
+    assert outputs["artifacts"]["model"]["artifactSelectors"] == [
+        {"outputArtifactKey": "model", "producerSubtask": "evaluate"}
+    ]
     assert "ingest" in _tasks(spec)
-    # the gate compares evaluate's float outputs, not a metrics artifact
+    # the gate compares evaluate's float outputs (through the chain), not a metrics artifact
     g = root["gate"]["inputs"]["parameters"]
     for key in ("r2", "r2_lo", "r2_hi", "std_ratio", "baseline_r2"):
         assert g[key]["taskOutputParameter"] == {
             "outputParameterKey": key,
-            "producerTask": "evaluate",
+            "producerTask": "train-evaluate",
+        }
+        assert outputs["parameters"][key]["valueFromParameter"] == {
+            "outputParameterKey": key,
+            "producerSubtask": "evaluate",
         }
 
 
 def test_every_member_trains_its_own_chain_under_a_parallel_for(compiled):
     """train-members: member-seeds, then ParallelFor(parallelism) over the seeds with one
-    resolve-config (the member's seed) -> pretrain -> finetune chain per member."""
+    member-config (the member's seed) -> pretrain -> finetune chain per member."""
     _, spec, _, _ = compiled
     sub = spec["components"]["comp-train-members"]["dag"]["tasks"]
     loop = next(k for k in sub if k.startswith("for-loop"))
@@ -97,30 +110,38 @@ def test_every_member_trains_its_own_chain_under_a_parallel_for(compiled):
     assert sub[loop]["parameterIterator"]["items"]["inputParameter"].endswith("member-seeds-Output")
     assert sub[loop]["iteratorPolicy"]["parallelismLimit"] == platform.gpu_parallelism()
     body = spec["components"][sub[loop]["componentRef"]["name"]]["dag"]["tasks"]
-    assert set(body) == {"resolve-config", "pretrain", "finetune"}
-    seed = body["resolve-config"]["inputs"]["parameters"]["seed"]
+    assert set(body) == {"member-config", "pretrain", "finetune"}
+    seed = body["member-config"]["inputs"]["parameters"]["seed"]
     assert seed["componentInputParameter"].endswith("loop-item")  # the member's own seed
     assert (
         body["pretrain"]["inputs"]["parameters"]["config_json"]["taskOutputParameter"][
             "producerTask"
         ]
-        == "resolve-config"
+        == "member-config"
     )
     assert "pretrain" in body["finetune"]["dependentTasks"]
 
 
 def test_one_ingest_per_flight(compiled):
     preset, spec, _, _ = compiled
-    root = spec["root"]["dag"]["tasks"]
-    loop = next(v for k, v in root.items() if k.startswith("for-loop"))
+    chain = spec["components"]["comp-train-evaluate"]["dag"]["tasks"]
+    loop = next(v for k, v in chain.items() if k.startswith("for-loop"))
     assert loop["parameterIterator"]["items"]["inputParameter"] == "pipelinechannel--flights"
+    root = spec["root"]["dag"]["tasks"]
+    assert root["train-evaluate"]["inputs"]["parameters"]["flights"] == {
+        "componentInputParameter": "flights"
+    }
     default = spec["root"]["inputDefinitions"]["parameters"]["flights"]["defaultValue"]
     assert default == list(load_config(preset).data.flights) == list(FLIGHT_NAMES)
     body = spec["components"][loop["componentRef"]["name"]]["dag"]["tasks"]
-    assert sorted(body) == ["fingerprint", "ingest", "resolve-config-2"]
-    assert body["ingest"]["inputs"]["parameters"]["config_json"]["taskOutputParameter"] == {
+    assert sorted(body) == ["fingerprint", "ingest"]
+    # the chain's config input (resolve-config's output at the root), not a loop-item swap
+    assert body["ingest"]["inputs"]["parameters"]["config_json"] == {
+        "componentInputParameter": "pipelinechannel--config_json"
+    }
+    assert root["train-evaluate"]["inputs"]["parameters"]["config_json"]["taskOutputParameter"] == {
         "outputParameterKey": "Output",
-        "producerTask": "resolve-config-2",
+        "producerTask": "resolve-config",
     }
     assert body["ingest"]["inputs"]["parameters"]["flight"] == {
         "componentInputParameter": "pipelinechannel--flights-loop-item"
@@ -228,7 +249,8 @@ def test_training_cache_key_has_no_run_id(compiled):
     assert set(tasks["pretrain"]["inputs"]["artifacts"]) == {"shards"}
     assert set(tasks["finetune"]["inputs"]["parameters"]) == {"config_json"}
     assert set(tasks["finetune"]["inputs"]["artifacts"]) == {"shards", "pretrained"}
-    for name in ("resolve-config", "member-seeds", "ingest", "pretrain", "finetune"):
+    for name in ("resolve-config", "member-seeds", "member-config", "ingest", "pretrain",
+                 "finetune"):  # fmt: skip
         assert _runtime_placeholders(tasks[name]) == [], name
         assert tasks[name]["cachingOptions"].get("enableCache") is True, name
     # the counter-check: the placeholder is what the run id looks like in the spec
@@ -282,7 +304,7 @@ def test_every_component_has_a_docstring():
     for path in sorted(Path(components.__file__).parent.glob("*.py")):
         mod = importlib.import_module(f"components.{path.stem}")
         found.update({n: c for n, c in vars(mod).items() if isinstance(c, BaseComponent)})
-    assert len(found) == 9, sorted(found)
+    assert len(found) == 17, sorted(found)
     for name, comp in found.items():
         assert (comp.component_spec.description or "").strip(), name
 

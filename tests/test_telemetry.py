@@ -272,3 +272,16 @@ def test_last_success_survives_a_failed_run(pushgateway):
         gateway_value(pushgateway, "cloudml_last_success_timestamp_seconds", "lasttest", "gate")
         == 1.7e9
     )
+
+
+def test_experiment_configs_carry_a_bounded_variant_label():
+    from cloudml.cluster.telemetry import Telemetry, grouping_key
+
+    assert grouping_key("tuned", "evaluate") == {"pipeline": "tuned", "stage": "evaluate"}
+    assert grouping_key("sweep.pure_mae", "finetune") == {
+        "pipeline": "sweep", "stage": "finetune", "variant": "pure_mae",
+    }  # fmt: skip
+    assert grouping_key("lofo.12Feb25", "evaluate")["variant"] == "12Feb25"
+    # a dot in a plain preset name is not an experiment label
+    assert grouping_key("my.preset", "gate") == {"pipeline": "my.preset", "stage": "gate"}
+    assert Telemetry("lofo.30Oct24", "evaluate", url="").grouping_key["variant"] == "30Oct24"

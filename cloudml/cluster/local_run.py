@@ -38,6 +38,7 @@ from cloudml.config import Config, load_config, parse_overrides, pipeline_keys
 from cloudml.config_cli import add_config_args
 from cloudml.console import Console, capture, format_ending
 from cloudml.errors import CloudMLError, GateFailed
+from cloudml.experiments import BASE_PRESET, is_experiment
 from cloudml.fileio import atomic_path, check_output_dir
 from cloudml.gate import (
     DEFAULT_BEAT_BASELINE,
@@ -284,6 +285,8 @@ def run_local(
     work_dir/kfp-cache/<code fingerprint>: changed code starts an empty one."""
     from cloudml.steps.training import member_seeds
 
+    if is_experiment(pipeline):
+        raise CloudMLError(f"{pipeline}: an experiment, run it with run_experiment_local")
     values = parse_overrides(overrides)
     values.setdefault("scale", scale)
     cfg = load_config(pipeline, values)  # every problem listed before anything runs
@@ -446,9 +449,222 @@ def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
     upload_dir(open_store(), run_dir, prefix)
 
 
+# --- experiments (sweep, lofo) ---------------------------------------------------------------
+EXPERIMENT_FILES = {
+    "sweep": ("compare-variants", "comparison"),
+    "lofo": ("lofo-report", "lofo"),
+}
+
+
+@dataclass
+class ExperimentResult:
+    run_dir: Path
+    kind: str
+    rows: list[dict[str, Any]]
+    passed: bool
+    verdict: str
+    promotion: str = ""
+    seconds: float = float("nan")
+    log_path: Path | None = None
+
+    def ending(self) -> str:
+        """The table, the verdict, the files; the last line is "run folder  <path>"."""
+        from cloudml.experiments import tables
+
+        cols = tables.SWEEP_TEXT if self.kind == "sweep" else tables.LOFO_TEXT
+        lines = [f"{self.kind}: {len(self.rows)} {'variants' if self.kind == 'sweep' else 'folds'}"
+                 f" in {self.seconds:.0f} s", *tables.text_table(self.rows, cols), "",
+                 self.verdict]  # fmt: skip
+        if self.promotion:
+            lines.append(f"promotion: {self.promotion}")
+        name = EXPERIMENT_FILES[self.kind][1]
+        for label, f in (("report", f"{name}.html"), ("table", f"{name}.csv")):
+            lines.append(f"  {label:<11}{self.run_dir / f}")
+        if self.log_path is not None:
+            lines.append(f"  {'log':<11}{self.log_path}")
+        lines.append(f"run folder  {self.run_dir}")
+        return "\n".join(lines)
+
+
+def _task_dir(run_root: Path, task: str) -> Path | None:
+    """The (only) output folder of `task` in a local run, wherever the loops nest it."""
+    found = sorted(p for p in run_root.rglob(task) if p.is_dir())
+    return found[0] if found else None
+
+
+def run_experiment_local(
+    kind: str,
+    overrides: list[str] | None = None,
+    threshold: float = DEFAULT_THRESHOLD,
+    min_std_ratio: float = DEFAULT_MIN_STD_RATIO,
+    data_dir: Path = Path("data/raw"),
+    runs_dir: Path = Path("runs"),
+    scale: str = "local",
+    work_dir: Path = Path("build/kfp-local"),
+    beat_baseline: bool = DEFAULT_BEAT_BASELINE,
+    skill_margin: float = DEFAULT_SKILL_MARGIN,
+    verbose: bool = False,
+    cache: bool = False,
+    variants_file: Path | None = None,
+    gate_mean: bool = False,
+) -> ExperimentResult:
+    """The sweep or leave-one-flight-out pipeline on the local runner (one model at a time;
+    --set changes the base preset tuned). The run folder runs/<kind>-<stamp>/ gets the
+    table (HTML, CSV, JSON), metrics.json and, for the sweep, the winner's model."""
+    from cloudml.experiments.folds import fold_configs
+    from cloudml.experiments.variants import load_variants, variant_configs
+
+    values = parse_overrides(overrides)
+    values.setdefault("scale", scale)
+    cfg = load_config(BASE_PRESET, values)
+    extra: dict[str, Any]
+    if kind == "sweep":  # every variant checked before anything runs
+        variants = load_variants(variants_file)
+        variant_configs(cfg.to_json(), variants)
+        extra = {"variants": variants}
+    else:
+        fold_configs(cfg.to_json())
+        extra = {"gate_mean": gate_mean}
+    data_dir = Path(data_dir).resolve()
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    name = f"{kind}-{stamp}"
+    run_dir, root = Path(runs_dir) / name, Path(work_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=False)
+    root.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "pipeline.log"
+    os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
+    commit = source_commit()
+    if commit:
+        os.environ.setdefault("CLOUDML_COMMIT", commit)
+    arguments = {**pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio,
+                                      beat_baseline, skill_margin), **extra}  # fmt: skip
+    n = len(extra["variants"]) if kind == "sweep" else len(cfg.data.flights)
+    screen = sys.stdout
+    screen.write(
+        f"cloudml run: pipeline cloudml-{kind} on KFP's local runner, {n} "
+        f"{'variants' if kind == 'sweep' else 'folds'} of preset {BASE_PRESET}, one model at "
+        f"a time\nthe runner's own output goes to {log_path}\n"
+    )
+    screen.flush()
+    task, table = EXPERIMENT_FILES[kind]
+    with log_path.open("a", encoding="utf-8") as log_file:
+        from cloudml.steps.training import member_seeds
+
+        console = Console(screen, log_file, log_path=log_path, flights=len(cfg.data.flights),
+                          seeds=member_seeds(cfg.train.seed, cfg.train.ensemble_size),
+                          verbose=verbose)  # fmt: skip
+        with capture(console):
+            t0 = time.perf_counter()
+            ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale, say=console.say)
+            before = _champion(kind) if kind == "sweep" else None
+            failed = _execute(kind, root, arguments, _cache_root(work_dir) if cache else None)
+            if failed is not None:
+                console.task_failed(failed)
+            runs = sorted(p for p in root.iterdir() if p.is_dir())
+            out = _task_dir(runs[-1], task) if runs else None
+            if out is None or not (out / "table" / f"{table}.json").is_file():
+                raise CloudMLError(
+                    f"local run {name}: task '{failed}' failed before the {task} table; its "
+                    f"output is in {log_path} (artifacts under {root})"
+                )
+            rows = json.loads((out / "table" / f"{table}.json").read_text())
+            for f in sorted((out / "table").iterdir()):
+                _copy(f, run_dir / f.name)
+            _copy(out / "report", run_dir / f"{table}.html")
+            record: dict[str, Any] = {"pipeline": kind, "base_preset": BASE_PRESET,
+                                      "rows": rows, "config": cfg.flat()}  # fmt: skip
+            promotion = ""
+            if kind == "sweep":
+                passed, verdict, promotion = _sweep_outcome(
+                    name, runs[-1], failed, rows, record, before, log_path, root, run_dir
+                )
+            else:
+                summary = json.loads((out / "table" / "lofo_summary.json").read_text())
+                verdict, passed = summary["verdict"], failed is None
+                if failed not in (None, task):
+                    raise CloudMLError(f"local run {name}: task '{failed}' failed; see {log_path}")
+                record["summary"] = summary
+            record.update({"gate_passed": passed, "verdict": verdict, "promotion": promotion,
+                           "total_seconds": time.perf_counter() - t0})  # fmt: skip
+            with atomic_path(run_dir / "metrics.json") as tmp:
+                tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+            for p in run_dir.rglob("*"):
+                if p.is_file():
+                    p.chmod(0o644)
+            _upload_run(run_dir, kind, name)
+    return ExperimentResult(run_dir, kind, rows, passed, verdict, promotion,
+                            record["total_seconds"], log_path)  # fmt: skip
+
+
+def _copy(src: Path, dest: Path) -> None:
+    if src.is_dir():
+        for f in sorted(src.iterdir()):
+            _copy(f, dest / f.name)
+    elif src.is_file():
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(src, tmp)
+
+
+def _sweep_outcome(
+    name: str,
+    run_root: Path,
+    failed: str | None,
+    rows: list[dict[str, Any]],
+    record: dict[str, Any],
+    before: dict[str, Any] | None,
+    log_path: Path,
+    root: Path,
+    run_dir: Path,
+) -> tuple[bool, str, str]:
+    """The winner's gate verdict (from pick-winner's figures) and promotion; the winner's
+    model is copied to run_dir/model."""  # fmt: skip
+    win = _task_dir(run_root, "pick-winner")
+    if win is None or not (win / "executor_output.json").is_file():
+        raise CloudMLError(f"local run {name}: pick-winner did not run; see {log_path}")
+    got = json.loads((win / "executor_output.json").read_text()).get("parameterValues", {})
+    winner = next(r for r in rows if r["winner"])
+    _check_experiment_failure(name, failed, log_path, root)
+    passed = failed != "gate"
+    _copy(win / "model", run_dir / "model")
+    promote_dir = _task_dir(run_root, "promote")
+    was = bool(
+        promote_dir is not None and (promote_dir / "executor_output.json").is_file()
+        and json.loads((promote_dir / "executor_output.json").read_text())
+        .get("parameterValues", {}).get("Output", False)
+    )  # fmt: skip
+    text = promotion_text("sweep", passed, promote_dir is not None, was, float(got["r2"]),
+                          before, _champion("sweep"))  # fmt: skip
+    line = (f"winner {winner['variant']} (ranked on selection-split R² "
+            f"{winner['selection_r2']:.4f}): validation R² {got['r2']:.4f} "
+            f"[95% {got['r2_lo']:.4f}, {got['r2_hi']:.4f}], gate "
+            f"{'PASSED' if passed else 'FAILED'}")  # fmt: skip
+    record.update({"winner": winner["variant"], "winner_gate_inputs": got, "promoted": was})
+    return passed, line, text
+
+
+def _check_experiment_failure(name: str, failed: str | None, log_path: Path, root: Path) -> None:
+    if failed not in (None, "gate"):
+        raise CloudMLError(
+            f"local run {name}: task '{failed}' failed; its output is in {log_path} "
+            f"(artifacts under {root})"
+        )
+
+
 # --- CLI -----------------------------------------------------------------------------------
 def _cmd_run(args: argparse.Namespace) -> int:
     check_output_dir(args.runs_dir)
+    if is_experiment(args.preset):
+        res = run_experiment_local(
+            args.preset, overrides=args.overrides, threshold=args.threshold,
+            min_std_ratio=args.min_std_ratio, data_dir=args.data_dir, runs_dir=args.runs_dir,
+            scale=args.scale, beat_baseline=args.beat_baseline, skill_margin=args.skill_margin,
+            verbose=getattr(args, "verbose", False), cache=args.cache,
+            variants_file=args.variants, gate_mean=args.gate_mean,
+        )  # fmt: skip
+        print(res.ending())
+        return 0 if res.passed else GateFailed.exit_code
+    if args.variants is not None or args.gate_mean:
+        raise CloudMLError("--variants / --gate-mean: only with --pipeline sweep / lofo")
     res = run_local(
         pipeline=args.preset,
         overrides=args.overrides,
@@ -491,4 +707,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="where the run folder runs/<preset>-<UTC stamp>/ is written")  # fmt: skip
     p.add_argument("--scale", choices=("local", "full"), default="local",
                    help="local: frames binned down for a CPU (default); full: as recorded")  # fmt: skip
+    p.add_argument("--variants", type=Path, default=None, metavar="FILE",
+                   help="--pipeline sweep: a YAML list of {name, overrides} (default: tuned and "
+                   "the seed's five alternatives, cloudml/experiments/sweep_variants.yaml)")  # fmt: skip
+    p.add_argument("--gate-mean", action="store_true",
+                   help="--pipeline lofo: fail unless the mean R² over the folds > --threshold")  # fmt: skip
     p.set_defaults(func=_cmd_run)

@@ -29,6 +29,7 @@ from cloudml.cluster import settings as platform
 from cloudml.config import load_config, parse_overrides, pipeline_keys
 from cloudml.config_cli import add_config_args
 from cloudml.errors import CloudMLError, ConfigError
+from cloudml.experiments import base_preset
 from cloudml.fileio import check_output_file
 from pipelines.training import compile_pipeline, pipeline_name
 
@@ -80,18 +81,30 @@ def validate_cron(expr: str) -> str:
 
 
 def run_parameters(
-    preset: str, overrides: list[str] | None = None, threshold: float | None = None
+    preset: str,
+    overrides: list[str] | None = None,
+    threshold: float | None = None,
+    variants_file: Path | None = None,
 ) -> dict[str, Any]:
     """The run's parameter values: the --set overrides (validated against the preset, typed
-    as the pipeline declares them) plus the threshold when given. Others keep the compiled
-    defaults, which are the preset's values."""
+    as the pipeline declares them) plus the threshold when given, and for the sweep the
+    variants of `variants_file` (each checked). Others keep the compiled defaults, which are
+    the preset's values."""
     extra = parse_overrides(overrides)
-    flat = load_config(preset, extra).flat()  # raises ConfigError on any bad key/value
+    # an experiment (sweep, lofo): the overrides change its base preset, tuned
+    flat = load_config(base_preset(preset), extra).flat()  # ConfigError on any bad key/value
     # keys with one implemented value (optimizer, scheduler) are validated but are not
     # pipeline parameters: the compiled default is that value
     params: dict[str, Any] = {k: flat[k] for k in extra if k in pipeline_keys()}
     if threshold is not None:
         params["threshold"] = float(threshold)
+    if variants_file is not None:
+        from cloudml.experiments.variants import load_variants, variant_configs
+
+        if preset != "sweep":
+            raise ConfigError(f"--variants: only the sweep pipeline takes variants, not {preset}")
+        params["variants"] = load_variants(variants_file)
+        variant_configs(load_config(base_preset(preset), extra).to_json(), params["variants"])
     return params
 
 
@@ -184,7 +197,9 @@ def upload_version(client, host: str, preset: str, package: Path) -> tuple[str, 
             client.upload_pipeline,
             str(package),
             pipeline_name=name,
-            description=f"CloudML CBH training, preset {preset}",
+            description=f"CloudML CBH training, preset {preset}"
+            if preset == base_preset(preset)
+            else f"CloudML CBH experiment {preset} (base preset {base_preset(preset)})",
         )
         pid = created.pipeline_id
         versions = _call(
@@ -221,12 +236,16 @@ def ui_base(host: str) -> str:
 
 
 def _prepare(
-    preset: str, overrides: list[str] | None, threshold: float | None, build_dir: Path
+    preset: str,
+    overrides: list[str] | None,
+    threshold: float | None,
+    build_dir: Path,
+    variants_file: Path | None = None,
 ) -> tuple[dict[str, Any], str, Any, str, str, str]:
     """What submit and schedule share: validated run parameters, the endpoint, and the
     compiled pipeline uploaded as a new version in experiment `cloudml`.
     Returns (params, host, client, pipeline_id, version_id, experiment_id)."""
-    params = run_parameters(preset, overrides, threshold)
+    params = run_parameters(preset, overrides, threshold, variants_file)
     host = kfp_host()
     package = compile_pipeline(preset, Path(build_dir) / f"{preset}.yaml")
     client = connect(host)
@@ -239,9 +258,12 @@ def submit(
     overrides: list[str] | None = None,
     threshold: float | None = None,
     build_dir: Path = Path("build/pipelines"),
+    variants_file: Path | None = None,
 ) -> dict[str, str]:
     """Compile, upload a new version, start a run; returns {run_id, link, pipeline_id, version_id}."""
-    params, host, client, pid, vid, eid = _prepare(preset, overrides, threshold, build_dir)
+    params, host, client, pid, vid, eid = _prepare(
+        preset, overrides, threshold, build_dir, variants_file
+    )
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     run = _call(
         host,
@@ -327,7 +349,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    res = submit(args.preset, args.overrides, args.threshold)
+    res = submit(args.preset, args.overrides, args.threshold, variants_file=args.variants)
     print(f"run {res['run_id']} started: {res['link']}")
     return 0
 
@@ -350,6 +372,9 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("submit", help="compile, upload and start a run on $KFP_HOST")
     _add_common(p)
     _add_run_args(p)
+    p.add_argument("--variants", type=Path, default=None, metavar="FILE",
+                   help="--pipeline sweep: the variants parameter from a YAML list of "
+                   "{name, overrides} (default: the compiled default variants)")  # fmt: skip
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("schedule", help="recurring run on $KFP_HOST (six-field cron, UTC)")

@@ -7,7 +7,9 @@ sections 3 and 6).
 
 The contract is fixed: every name is a gauge (METRIC_NAMES is the one list in code); the
 grouping key is {job="cloudml", pipeline=<preset>, stage=<stage>} and never a run id or pod
-name; every push is a `pushadd` (POST) of its own CollectorRegistry, so it replaces only the
+name; an experiment's stages (a config labelled `sweep.<variant>` / `lofo.<held-out flight>`,
+cloudml.experiments) add `variant=<variant or flight>`, bounded by the variants list (at most
+cloudml.experiments.variants.MAX_VARIANTS) and the campaign's flights, under pipeline=sweep/lofo; every push is a `pushadd` (POST) of its own CollectorRegistry, so it replaces only the
 names it carries and `cloudml_last_success_timestamp_seconds`, pushed only by a passing gate,
 survives a later failed run. No client-side timestamps.
 
@@ -121,6 +123,16 @@ _said_unset = False
 _warned_urls: set[str] = set()
 
 
+def grouping_key(pipeline: str, stage: str) -> dict[str, str]:
+    """{pipeline, stage} and, for an experiment's config label, its bounded variant (pure):
+    "tuned" -> {pipeline: tuned, stage}; "lofo.12Feb25" -> {pipeline: lofo, variant: 12Feb25,
+    stage}."""
+    from cloudml.experiments import split_label
+
+    name, variant = split_label(pipeline)
+    return {"pipeline": name, "stage": stage, **({"variant": variant} if variant else {})}
+
+
 def allowed_metrics(stage: str) -> frozenset[str]:
     return STAGE_METRICS[stage] | {"cloudml_stage_duration_seconds"}
 
@@ -176,11 +188,13 @@ class Telemetry:
             raise ConfigError(f"telemetry stage {stage!r}: expected one of {', '.join(STAGES)}")
         if not pipeline:
             raise ConfigError("telemetry pipeline name is empty: expected the preset name")
-        self.pipeline = pipeline
+        from cloudml.experiments import split_label
+
+        self.pipeline, self.variant = split_label(pipeline)
         self.stage = stage
         self.url = url if url is not None else os.environ.get("PUSHGATEWAY_URL") or None
         self.timeout_s = timeout_s
-        self.grouping_key = {"pipeline": pipeline, "stage": stage}
+        self.grouping_key = grouping_key(pipeline, stage)
         if self.url is None and not _said_unset:
             log.info("PUSHGATEWAY_URL is not set: metrics are not pushed")
             _said_unset = True

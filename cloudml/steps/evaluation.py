@@ -122,6 +122,8 @@ def run_evaluate(
                        training_shards=training)  # fmt: skip
     if model_dir is not None:
         write_ensemble(members, Path(model_dir))
+        # which config (and experiment variant / fold, its preset label) the model came from
+        write_json(Path(model_dir) / "config.json", json.loads(cfg.to_json()), **JSON_OPTIONS)
     telemetry = _telemetry(cfg.preset, "evaluate")
     telemetry.evaluation(metrics)
     verdict = verdict_from_metrics(metrics, threshold, min_std_ratio, val,
@@ -149,6 +151,7 @@ def run_evaluate(
     if card_path is not None:
         copy_file(md_path, Path(card_path))
     write_json(out_dir / "stages.json", stages, **JSON_OPTIONS)
+    write_json(out_dir / "config.json", ctx["config"], **JSON_OPTIONS)
     write_json(out_dir / "gate.json", verdict.as_dict(), **JSON_OPTIONS)
     telemetry.duration(stages["evaluate"])
     return {**metrics, "gate": verdict.as_dict()}

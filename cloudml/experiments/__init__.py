@@ -1,0 +1,42 @@
+"""Experiments as pipelines: the sweep over named variants and leave-one-flight-out.
+
+Each experiment is many independent trainings of the one train-and-evaluate chain, each on
+its own config. This package holds what is computed about them (no KFP, no I/O beyond the
+variants file): the variants and folds as configs (variants.py, folds.py), the ranking on
+the selection split (ranking.py) and the comparison tables (tables.py).
+
+Every config an experiment trains is labelled in its `preset` field as
+`<experiment>.<item>` (`sweep.pure_mae`, `lofo.12Feb25`): the stages record it, and the
+telemetry turns it into the bounded `variant` label (cloudml.cluster.telemetry).
+"""
+
+from __future__ import annotations
+
+import re
+
+EXPERIMENTS = ("sweep", "lofo")  # the reserved pipeline names
+BASE_PRESET = "tuned"  # the preset both experiments start from
+LABEL_SEP = "."
+ITEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")  # a bounded label value
+
+
+def is_experiment(pipeline: str) -> bool:
+    return pipeline in EXPERIMENTS
+
+
+def base_preset(pipeline: str) -> str:
+    """The preset whose keys are a pipeline's parameters: `tuned` for an experiment."""
+    return BASE_PRESET if is_experiment(pipeline) else pipeline
+
+
+def item_label(experiment: str, item: str) -> str:
+    """The `preset` label of one variant / fold's config: `sweep.pure_mae`."""
+    return f"{experiment}{LABEL_SEP}{item}"
+
+
+def split_label(preset: str) -> tuple[str, str | None]:
+    """`sweep.pure_mae` -> ("sweep", "pure_mae"); a plain preset -> (preset, None)."""
+    head, sep, tail = preset.partition(LABEL_SEP)
+    if sep and head in EXPERIMENTS and tail:
+        return head, tail
+    return preset, None
