@@ -335,3 +335,23 @@ def test_source_commit_names_the_checkout_and_says_when_it_differs(tmp_path):
     assert source_commit(tmp_path) == sha
     (tmp_path / "f.txt").write_text("b\n")
     assert source_commit(tmp_path) == f"{sha}+dirty"
+
+
+def test_run_environment_sets_the_store_for_the_run_and_restores_it(tmp_path, monkeypatch):
+    import os
+
+    from cloudml.cluster.local_run import run_environment
+
+    monkeypatch.delenv("CLOUDML_STORE", raising=False)
+    seen = {}
+
+    @run_environment
+    def fake_run(work_dir=tmp_path / "default"):
+        seen["store"] = os.environ["CLOUDML_STORE"]
+
+    fake_run(work_dir=tmp_path / "w")
+    assert seen["store"] == str((tmp_path / "w" / "store").resolve())
+    assert "CLOUDML_STORE" not in os.environ  # the next run gets its own default
+    monkeypatch.setenv("CLOUDML_STORE", "s3://bucket/p")  # a configured store is kept
+    fake_run()
+    assert seen["store"] == "s3://bucket/p" and os.environ["CLOUDML_STORE"] == "s3://bucket/p"

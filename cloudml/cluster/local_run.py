@@ -259,6 +259,40 @@ def _champion(pipeline: str) -> dict[str, Any] | None:
         return None
 
 
+def run_environment(func: Callable[..., Any]) -> Callable[..., Any]:
+    """For the duration of a local run, the environment its tasks inherit: CLOUDML_STORE (a
+    directory store under work_dir, unless one is configured: stage state and the local
+    champion live there) and CLOUDML_COMMIT (the source commit evaluate records in
+    metrics.json, the report and the card). Restored afterwards, so one run's store never
+    becomes the next run's default in the same process."""
+    import functools
+    import inspect
+
+    sig = inspect.signature(func)
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        work_dir = sig.bind(*args, **kwargs).arguments.get(
+            "work_dir", sig.parameters["work_dir"].default
+        )
+        saved = {k: os.environ.get(k) for k in ("CLOUDML_STORE", "CLOUDML_COMMIT")}
+        os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
+        commit = source_commit()
+        if commit:
+            os.environ.setdefault("CLOUDML_COMMIT", commit)
+        try:
+            return func(*args, **kwargs)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    return wrapper
+
+
+@run_environment
 def run_local(
     pipeline: str = "tuned",
     overrides: list[str] | None = None,
@@ -300,11 +334,6 @@ def run_local(
     root.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "pipeline.log"
 
-    # Stage state and the local champion live in a directory store unless one is configured.
-    os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
-    commit = source_commit()
-    if commit:  # recorded by evaluate in metrics.json, the report and the model card
-        os.environ.setdefault("CLOUDML_COMMIT", commit)
     arguments = pipeline_arguments(
         cfg, str(data_dir), threshold, min_std_ratio, beat_baseline, skill_margin
     )
@@ -492,6 +521,7 @@ def _task_dir(run_root: Path, task: str) -> Path | None:
     return found[0] if found else None
 
 
+@run_environment
 def run_experiment_local(
     kind: str,
     overrides: list[str] | None = None,
@@ -532,10 +562,6 @@ def run_experiment_local(
     run_dir.mkdir(parents=True, exist_ok=False)
     root.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "pipeline.log"
-    os.environ.setdefault("CLOUDML_STORE", str(Path(work_dir, "store").resolve()))
-    commit = source_commit()
-    if commit:
-        os.environ.setdefault("CLOUDML_COMMIT", commit)
     arguments = {**pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio,
                                       beat_baseline, skill_margin), **extra}  # fmt: skip
     n = len(extra["variants"]) if kind == "sweep" else len(cfg.data.flights)
