@@ -1,20 +1,18 @@
 """KFP's local runner with every component inside the locally built images (podman).
 
     with container_session(pipeline_root, read_only=[data_dir], writable=[store]) as runner:
-        graph = build_pipeline(...)          # compiled now: its images are localhost/...
-        check_images(graph)
+        graph = build_pipeline(...)
+        use_local_images(graph)              # localhost/cloudml-{cpu,gpu}:<tag>
         kfp.local.init(runner, pipeline_root=str(pipeline_root), raise_on_error=True)
         graph(**arguments)
 
 `kfp.local.DockerRunner` talks to podman's Docker-compatible API (`podman system service`,
-DOCKER_HOST). Each task runs the component's own command in its image the way the cluster
-runs it (docs/deploy.md, "Local images with podman"): uid 10001, read-only root filesystem,
-every capability dropped, no privilege escalation, /tmp a tmpfs, and writable only the
-pipeline root (KFP mounts it at the same path) and the directories named `writable`.
-
-The components' images come from cloudml/cluster/settings.py at import time of
-`components/`: the session sets CLOUDML_REGISTRY=localhost first, and `check_images` refuses
-a graph compiled against another registry (imported before the session began).
+DOCKER_HOST). Each task runs its component's own command in the image, as the cluster runs
+it (docs/deploy.md, "Local images with podman"): uid 10001, read-only root filesystem, every
+capability dropped, no privilege escalation, /tmp a tmpfs; writable only the pipeline root
+(KFP mounts it at the same path) and the `writable` directories, `read_only` ones mounted
+read-only at their own paths. One part of kfp.local is replaced for the session: its
+container launcher, which loses a task's exit status (run_task_container says how).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -56,7 +55,8 @@ def passthrough_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         k: v
         for k, v in environ.items()
-        if k.startswith(PASSTHROUGH_PREFIXES) and k not in ("CLOUDML_REGISTRY", "CLOUDML_TAG")
+        if k.startswith(PASSTHROUGH_PREFIXES)
+        and k not in ("CLOUDML_REGISTRY", "CLOUDML_TAG")
         or k in PASSTHROUGH_NAMES
     }
 
@@ -91,26 +91,22 @@ def restricted_run_args(
         "read_only": True,
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges"],
-        "tmpfs": {"/tmp": TMPFS_OPTIONS},
+        # podman's --read-only adds writable tmpfs on /run and /var/tmp (its read-only-tmpfs
+        # default; /run stays root's): an empty read-only one covers /var/tmp
+        "tmpfs": {"/tmp": TMPFS_OPTIONS, "/var/tmp": "ro,nosuid,nodev,noexec,size=4k"},
         "mounts": mounts,
         "environment": passthrough_env(environ),
         "network_mode": network_mode(environ),
-        # the images' ENTRYPOINT is `cloudml` (for `podman run IMAGE ingest ...`); a KFP task
-        # gives its own command, which on Kubernetes replaces the entrypoint: do the same
-        "entrypoint": [],
     }
 
 
-def pipeline_images(pipeline_spec: Mapping[str, Any]) -> set[str]:
-    """Every image a compiled pipeline spec's executors run."""
-    executors = pipeline_spec.get("deploymentSpec", {}).get("executors", {})
-    return {e["container"]["image"] for e in executors.values() if "container" in e}
-
-
-def foreign_images(images: Iterable[str], registry: str = LOCAL_REGISTRY) -> list[str]:
-    """The images not under `registry` (sorted): a graph compiled before CLOUDML_REGISTRY was
-    set would run them, and none can be pulled here."""
-    return sorted(i for i in images if not i.startswith(f"{registry}/"))
+def local_name(image: str) -> str:
+    """The local image for a compiled image reference: <registry>/cloudml-<kind>:<tag> ->
+    localhost/cloudml-<kind>:<tag> (the name images/build.sh --local gives)."""
+    name, sep, tag = image.rpartition("/")[2].partition(":")
+    if name not in (settings.CPU_IMAGE_NAME, settings.GPU_IMAGE_NAME) or not sep:
+        raise ContainerError(f"{image}: not a CloudML image (cloudml-cpu / cloudml-gpu with a tag)")
+    return f"{LOCAL_REGISTRY}/{name}:{tag}"
 
 
 # --- I/O: podman, the images, the service ----------------------------------------------------
@@ -230,6 +226,59 @@ def prepare_writable(paths: Iterable[Path]) -> None:
             os.chown(sub, RUN_UID, RUN_UID, follow_symlinks=False)
 
 
+def run_task_container(
+    client: Any, image: str, command: list[str], volumes: dict[str, Any], **run_args: Any
+) -> int:
+    """Run one task's container and return its exit status; stands in for kfp.local's
+    docker_task_handler.run_docker_container (same signature) during a session.
+
+    KFP's own starts the container with auto_remove=True and reads the status after the logs
+    end, when the container is usually gone: Docker then answers 404 and KFP assumes exit 0
+    (a failed task passes), podman 4.3 answers 500 and the run stops with an APIError (both
+    seen here). This one keeps the container until its status is read, and never pulls: the
+    images are local (ensure_local_images)."""
+    import docker
+
+    run_args.pop("auto_remove", None)
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        raise ContainerError(f"{image}: no such local image (images/build.sh --local)") from None
+    container = client.containers.run(
+        image=image, command=command, volumes=volumes, detach=True, **run_args
+    )
+    try:
+        for line in container.logs(stream=True, follow=True):
+            print(line.decode(errors="replace"), end="")
+        return int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
+
+
+@contextlib.contextmanager
+def _task_launcher() -> Iterator[None]:
+    """kfp.local's DockerRunner with run_task_container as its container launcher."""
+    from kfp.local import docker_task_handler
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_task_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original
+
+
+def prepare_readable(paths: Iterable[Path]) -> None:
+    """Let uid 10001 read the input directories (o+rX where missing): the synthetic
+    campaign's flight folders come from mkdtemp, 0700 and owned by root."""
+    for p in paths:
+        for sub in (Path(p), *Path(p).rglob("*")):
+            mode = sub.stat().st_mode
+            want = mode | stat.S_IROTH | (stat.S_IXOTH if sub.is_dir() else 0)
+            if want != mode:
+                sub.chmod(want)
+
+
 def container_runner(
     read_only: Iterable[Path] = (), writable: Iterable[Path] = ()
 ) -> Any:  # kfp.local.DockerRunner
@@ -239,25 +288,27 @@ def container_runner(
     return local.DockerRunner(**restricted_run_args(read_only, writable))
 
 
-def check_images(graph: Any) -> set[str]:
-    """The images a compiled graph (a @dsl.pipeline) runs; ContainerError when one is not a
-    local image or does not exist locally."""
-    from google.protobuf import json_format
-
-    images = pipeline_images(json_format.MessageToDict(graph.pipeline_spec))
-    foreign = foreign_images(images)
-    if foreign:
-        raise ContainerError(
-            f"the pipeline was compiled against {', '.join(foreign)}: import components/ only "
-            f"inside container_session (it sets CLOUDML_REGISTRY={LOCAL_REGISTRY})"
-        )
+def use_local_images(graph: Any) -> set[str]:
+    """Point every executor of a compiled graph (a @dsl.pipeline) at the local image of the
+    same name and tag, in place; returns the local images it now runs. The components took
+    their image from settings.py (CLOUDML_REGISTRY) when they were imported, which may have
+    been before this run chose the container runner; kfp.local reads the image from this
+    same pipeline spec when it starts each task."""
+    executors = graph.pipeline_spec.deployment_spec["executors"]
+    images = set()
+    for key in executors.keys():
+        container = executors[key]["container"]
+        container["image"] = local_name(container["image"])
+        images.add(container["image"])
     missing = [
         i
         for i in sorted(images)
         if subprocess.run(["podman", "image", "exists", i], env=podman_env()).returncode != 0
     ]
     if missing:
-        raise ContainerError(f"local image(s) missing: {', '.join(missing)} (images/build.sh --local)")
+        raise ContainerError(
+            f"local image(s) missing: {', '.join(missing)} (images/build.sh --local TAG)"
+        )
     return images
 
 
@@ -269,15 +320,18 @@ def container_session(
     build: bool = True,
 ) -> Iterator[Any]:
     """Everything a containerized local run needs, for the block: podman usable, the local
-    images built or reused, CLOUDML_REGISTRY=localhost (compile the graph inside the block),
-    the writable directories owned by uid 10001, podman's API socket as DOCKER_HOST.
-    Yields the kfp.local.DockerRunner."""
+    images built or reused, the writable directories owned by uid 10001 and the read-only
+    ones readable by it, podman's API socket as DOCKER_HOST, run_task_container as the
+    launcher. Yields the kfp.local.DockerRunner; call use_local_images(graph) before
+    running a graph with it."""
     problem = podman_problem()
     if problem:
         raise ContainerError(f"--runner container: {problem}")
     if build:
         ensure_local_images()
+    read_only = [Path(p).resolve() for p in read_only]
     writable = [Path(pipeline_root).resolve(), *(Path(p).resolve() for p in writable)]
     prepare_writable(writable)
-    with _environ(CLOUDML_REGISTRY=LOCAL_REGISTRY), podman_service():
+    prepare_readable(read_only)
+    with podman_service(), _task_launcher():
         yield container_runner(read_only, writable[1:])
