@@ -136,8 +136,14 @@ for kind in "${kinds[@]}"; do
                 # not over the image's own bundle: ca-certificates then fails to install
                 args+=(--volume "${ca}:/run/cloudml-host-ca.crt:ro" --build-arg PIP_CERT=/run/cloudml-host-ca.crt)
             fi
+            old_id="$(podman image inspect --format '{{.Id}}' "${image}" 2>/dev/null || true)"
             podman build --network host --layers "${args[@]}" "${root}"
             [[ ${local_build} -eq 1 ]] || podman push "${image}"
+            # the image this one replaced: its copy of the venv is 1.5 GB nothing else uses
+            # (the build stage's cached layers stay: they are what makes a rebuild fast)
+            if [[ -n "${old_id}" && "${old_id}" != "$(podman image inspect --format '{{.Id}}' "${image}")" ]]; then
+                podman rmi "${old_id}" >/dev/null 2>&1 || true
+            fi
         fi
     fi
     if [[ "${engine}" == docker && ${local_build} -eq 0 ]]; then

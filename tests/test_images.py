@@ -63,8 +63,9 @@ def test_one_dockerfile_one_python_layer_for_both_kinds() -> None:
     assert st["build"][0] == "runtime" and st["cpu"][0] == "runtime" and st["gpu"][0] == "cpu"
     assert "COPY --from=build /opt/venv /opt/venv" in st["cpu"][1]
     assert "COPY" not in st["gpu"][1]
+    assert "gcc" in st["gpu"][1]  # Triton (torch.compile on CUDA) compiles at run time
     build = st["build"][1]
-    assert build.count("-c /tmp/constraints.txt") == 1
+    assert build.count("pip install --no-cache-dir -r /tmp/constraints.txt") == 1
     assert "COPY images/constraints.txt /tmp/constraints.txt" in build
 
 
@@ -91,8 +92,8 @@ def test_runtime_settings() -> None:
     assert f"MALLOC_CONF={MALLOC_CONF}" in cpu
     (preload,) = re.findall(r"LD_PRELOAD=(\S+)", cpu)
     assert f"test -f {preload}" in runtime  # the build fails if jemalloc is not where it says
-    (user,) = re.findall(r"^USER (\S+)$", text, re.M)
-    assert user == f"{RUN_UID}:{RUN_UID}"  # numeric: runAsNonRoot can verify it
+    for target in ("cpu", "gpu"):  # numeric: runAsNonRoot can verify it
+        assert re.findall(r"^USER (\S+)$", st[target][1], re.M)[-1] == f"{RUN_UID}:{RUN_UID}"
     assert f"--uid {RUN_UID}" in runtime
     # a read-only root: everything that writes under HOME or a cache lands in /tmp
     env = dict(re.findall(r"\b([A-Z_]+)=(\S+)", cpu))
@@ -257,3 +258,18 @@ def test_container_run_uses_the_manifests_security_context() -> None:
     assert args["read_only"] is True and args["cap_drop"] == ["ALL"]
     assert "no-new-privileges" in args["security_opt"] and "cap_add" not in args
     assert args["user"] == f"{RUN_UID}:{RUN_UID}" and run_uid == RUN_UID
+
+
+def test_images_mk_builds_the_cpu_image_locally_with_the_pip_wheel() -> None:
+    """images/images.mk (included by the Makefile): image-cpu = build.sh --local with the
+    package version as the tag and the wheel directory pip finds torch in."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    env = {**os.environ, "PIP_FIND_LINKS": "/srv/wheels /other"}
+    env.pop("TORCH_WHEELS", None)
+    out = subprocess.run(["make", "-n", "-s", "-f", "images/images.mk", "image-cpu"], cwd=REPO,
+                         capture_output=True, text=True, env=env, timeout=30)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "bash images/install-tools.sh" in out.stdout
+    assert (
+        f"TORCH_WHEELS='/srv/wheels' bash images/build.sh --local '{version}' cpu &&" in out.stdout
+    )
