@@ -118,8 +118,8 @@ def podman_env() -> dict[str, str]:
 
 
 def podman_problem() -> str | None:
-    """Why podman cannot run containers here, or None when it can (a trivial container of
-    the local base image, under the restricted settings, is the proof)."""
+    """Why podman cannot run containers here, or None when it can: installed, rootful, and
+    `podman info` answers with this repository's containers.conf."""
     exe = shutil.which("podman")
     if exe is None:
         return "podman is not installed (images/install-tools.sh installs it as root)"
@@ -233,10 +233,10 @@ def run_task_container(
     docker_task_handler.run_docker_container (same signature) during a session.
 
     KFP's own starts the container with auto_remove=True and reads the status after the logs
-    end, when the container is usually gone: Docker then answers 404 and KFP assumes exit 0
-    (a failed task passes), podman 4.3 answers 500 and the run stops with an APIError (both
-    seen here). This one keeps the container until its status is read, and never pulls: the
-    images are local (ensure_local_images)."""
+    end, when the container is usually gone: on a 404 it assumes exit 0 (seen here: a task
+    whose command failed was reported SUCCESS), and podman 4.3 at times answers 500 instead,
+    which stops the run with an APIError. This one keeps the container until its status is
+    read, and never pulls: the images are local (ensure_local_images)."""
     import docker
 
     run_args.pop("auto_remove", None)
