@@ -1,8 +1,8 @@
-"""images/: hadolint passes, the pins and runtime settings docs/pipeline.md ('Contract') and
-docs/physics.md ('Defects of the research code': jemalloc) ask for are there,
-and build.sh pushes both images under the names cloudml/cluster/settings.py compiles against."""
-
-from __future__ import annotations
+"""images/: one Dockerfile, a target per kind over one shared Python layer; hadolint passes;
+the pins and run-time settings docs/pipeline.md ('Contract'), docs/physics.md (jemalloc) and
+docs/deploy.md (restricted settings) ask for are there; build.sh builds both images with
+docker buildx or podman under the names cloudml/cluster/settings.py compiles against.
+Building and running the image for real: tests/test_image_run.py."""
 
 import os
 import re
@@ -13,14 +13,16 @@ import tomllib
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cloudml.cluster import settings as platform
 from tests.support.skips import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"
-DOCKERFILES = sorted(IMAGES.glob("*.Dockerfile"))
+DOCKERFILE = IMAGES / "Dockerfile"
 MALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+RUN_UID = 10001
 
 
 def _hadolint() -> str:
@@ -31,8 +33,10 @@ def _hadolint() -> str:
     return found
 
 
-def _final_stage(text: str) -> str:
-    return text[text.rindex("\nFROM ") :]
+def stages(text: str) -> dict[str, tuple[str, str]]:
+    """Each stage's name -> (what it is FROM, its instructions)."""
+    found = re.split(r"^FROM (\S+) AS (\S+)\n", text, flags=re.M)
+    return {found[i + 1]: (found[i], found[i + 2]) for i in range(1, len(found) - 1, 3)}
 
 
 def _torch_pin() -> str:
@@ -41,65 +45,84 @@ def _torch_pin() -> str:
     return pin.split("==")[1]
 
 
-def test_two_dockerfiles() -> None:
-    assert [p.name for p in DOCKERFILES] == ["cpu.Dockerfile", "gpu.Dockerfile"]
+def test_stages_parse() -> None:
+    assert stages("ARG X=1\nFROM ${X} AS a\nRUN a\nFROM a AS b\nRUN b\n") == {
+        "a": ("${X}", "RUN a\n"),
+        "b": ("a", "RUN b\n"),
+    }
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_hadolint_passes(dockerfile: Path) -> None:
-    out = subprocess.run([_hadolint(), str(dockerfile)], capture_output=True, text=True, timeout=60)
+def test_one_dockerfile_one_python_layer_for_both_kinds() -> None:
+    """What is proven for the CPU image holds for the GPU image: only the `build` stage
+    installs Python packages, the cpu target copies its venv, and gpu is the cpu target
+    plus the NVIDIA settings (no install of its own)."""
+    assert sorted(p.name for p in IMAGES.glob("*Dockerfile")) == ["Dockerfile"]
+    st = stages(DOCKERFILE.read_text())
+    assert list(st) == ["runtime", "build", "cpu", "gpu"]
+    assert [name for name, (_, body) in st.items() if "pip install" in body] == ["build"]
+    assert st["build"][0] == "runtime" and st["cpu"][0] == "runtime" and st["gpu"][0] == "cpu"
+    assert "COPY --from=build /opt/venv /opt/venv" in st["cpu"][1]
+    assert "COPY" not in st["gpu"][1]
+    assert "gcc" in st["gpu"][1]  # Triton (torch.compile on CUDA) compiles at run time
+    build = st["build"][1]
+    assert build.count("pip install --no-cache-dir -r /tmp/constraints.txt") == 1
+    assert "COPY images/constraints.txt /tmp/constraints.txt" in build
+
+
+@pytest.mark.parametrize("path", [DOCKERFILE], ids=lambda p: p.name)
+def test_hadolint_passes(path: Path) -> None:
+    out = subprocess.run([_hadolint(), str(path)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_hadolint_catches_unpinned_pip(tmp_path: Path) -> None:
     bad = tmp_path / "bad.Dockerfile"
-    bad.write_text(
-        (IMAGES / "cpu.Dockerfile").read_text().replace('"torch==${TORCH_VERSION}"', "torch")
-    )
+    text = DOCKERFILE.read_text()
+    assert '"torch==${TORCH_VERSION}"' in text
+    bad.write_text(text.replace('"torch==${TORCH_VERSION}"', "torch"))
     out = subprocess.run([_hadolint(), str(bad)], capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "DL3013" in out.stdout
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
-def test_runtime_settings(dockerfile: Path) -> None:
-    text = dockerfile.read_text()
-    final = _final_stage(text)
-    assert f"ARG TORCH_VERSION={_torch_pin()}\n" in text
-    assert '"torch==${TORCH_VERSION}"' in text
-    assert f"MALLOC_CONF={MALLOC_CONF}" in final
-    (preload,) = re.findall(r"LD_PRELOAD=(\S+)", final)
-    assert f"test -f {preload}" in final  # the build fails if jemalloc is not where LD_PRELOAD says
-    (user,) = re.findall(r"^USER (\S+)$", final, re.M)
-    assert (
-        user.split(":")[0].isdigit() and int(user.split(":")[0]) != 0
-    )  # numeric: runAsNonRoot can verify
-    assert "pip install" not in final  # nothing is installed in the runtime stage, nor at run time
-    for base in re.findall(r"^ARG \w+_(?:IMAGE|BASE)=(\S+)$", text, re.M):
+def test_runtime_settings() -> None:
+    text = DOCKERFILE.read_text()
+    st = stages(text)
+    runtime, cpu = st["runtime"][1], st["cpu"][1]
+    assert f"ARG TORCH_VERSION={_torch_pin()}\n" in st["build"][1]
+    assert f"MALLOC_CONF={MALLOC_CONF}" in cpu
+    (preload,) = re.findall(r"LD_PRELOAD=(\S+)", cpu)
+    assert f"test -f {preload}" in runtime  # the build fails if jemalloc is not where it says
+    for target in ("cpu", "gpu"):  # numeric: runAsNonRoot can verify it
+        assert re.findall(r"^USER (\S+)$", st[target][1], re.M)[-1] == f"{RUN_UID}:{RUN_UID}"
+    assert f"--uid {RUN_UID}" in runtime
+    # a read-only root: everything that writes under HOME or a cache lands in /tmp
+    env = dict(re.findall(r"\b([A-Z_]+)=(\S+)", cpu))
+    for key in ("HOME", "XDG_CACHE_HOME", "MPLCONFIGDIR", "TORCHINDUCTOR_CACHE_DIR"):
+        assert env[key] == "/tmp" or env[key].startswith("/tmp/"), key
+    # KFP's DockerRunner appends the task's command to an ENTRYPOINT (Kubernetes replaces it)
+    assert "ENTRYPOINT" not in text
+    for base in re.findall(r"^ARG BASE_IMAGE=(\S+)$", text, re.M):
         name, _, tag = base.rpartition(":")
         assert name and tag and tag != "latest" and re.search(r"\d", tag), base
 
 
-def test_cpu_and_gpu_specifics() -> None:
-    cpu = (IMAGES / "cpu.Dockerfile").read_text()
-    gpu = (IMAGES / "gpu.Dockerfile").read_text()
-    assert "ARG PYTHON_IMAGE=python:3.11" in cpu and "-slim" in cpu
-    assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu\n" in cpu
-    assert re.search(r"ARG CUDA_BASE=nvidia/cuda:(\d+)\.(\d+)", gpu)
-    major, minor = re.search(r"ARG CUDA_BASE=nvidia/cuda:(\d+)\.(\d+)", gpu).groups()
-    assert f"ARG TORCH_INDEX=https://download.pytorch.org/whl/cu{major}{minor}\n" in gpu
+def test_cuda_base_matches_cuda_wheel_index() -> None:
+    sh = (IMAGES / "build.sh").read_text()
+    (major, minor) = re.search(r"GPU_BASE:-nvidia/cuda:(\d+)\.(\d+)", sh).groups()
+    assert f"GPU_TORCH_INDEX-https://download.pytorch.org/whl/cu{major}{minor}}}" in sh
+    assert "CPU_TORCH_INDEX-https://download.pytorch.org/whl/cpu}" in sh
 
 
 def test_copied_sources_exist_and_constraints_agree() -> None:
-    for dockerfile in DOCKERFILES:
-        for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile.read_text(), re.M):
-            for src in line.split()[:-1]:
-                assert (REPO / src).exists(), f"{dockerfile.name}: COPY {src}"
+    for line in re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILE.read_text(), re.M):
+        for src in line.split()[:-1]:
+            assert (REPO / src).exists(), f"COPY {src}"
     pins = dict(
         ln.split("==", 1)
         for ln in (IMAGES / "constraints.txt").read_text().splitlines()
         if "==" in ln
     )
-    assert "torch" not in pins  # torch comes from the CPU or CUDA index, pinned in the Dockerfile
+    assert "torch" not in pins  # torch comes from the CPU/CUDA index or the local wheel
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     for dep in deps:
         name, sep, version = dep.partition("==")
@@ -107,30 +130,146 @@ def test_copied_sources_exist_and_constraints_agree() -> None:
             assert pins[name.strip()] == version.strip(), dep
 
 
-def test_build_sh_pushes_both_images_with_platform_names(tmp_path: Path) -> None:
-    """build.sh against a recording `docker` stand-in (no Docker engine on this machine)."""
-    log = tmp_path / "docker.log"
-    fake = tmp_path / "bin" / "docker"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
-    fake.chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+def test_dockerignore_admits_what_is_copied() -> None:
+    ignore = (REPO / ".dockerignore").read_text().splitlines()
+    for line in re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILE.read_text(), re.M):
+        for src in line.split()[:-1]:
+            assert f"!{src}" in ignore, src
+
+
+# --- build.sh against recording stand-ins of the engines ----------------------------------
+def _fake_engines(tmp_path: Path, docker_ok: bool) -> tuple[dict[str, str], Path]:
+    """`docker` (buildx usable or not) and `podman` that append their arguments to a log."""
+    log = tmp_path / "engine.log"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("docker", "podman"):
+        fail = "" if name == "podman" or docker_ok else "exit 1\n"
+        (bin_dir / name).write_text(f'#!/bin/sh\n{fail}echo "{name} $*" >> {log}\n')
+        (bin_dir / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:/usr/bin:/bin"}
+    for key in ("ENGINE", "CPU_BASE", "GPU_BASE", "TORCH_WHEELS", "CPU_TORCH_INDEX",
+                "GPU_TORCH_INDEX", "HOST_CA", "PIP_CERT"):  # fmt: skip
+        env.pop(key, None)
+    return env, log
+
+
+def _builds(log: Path, engine: str) -> list[list[str]]:
+    prefix = "docker buildx build" if engine == "docker" else "podman build"
+    return [ln.split()[len(prefix.split()) :] for ln in log.read_text().splitlines()
+            if ln.startswith(prefix)]  # fmt: skip
+
+
+def _build_args(args: list[str]) -> dict[str, str]:
+    return dict(args[i + 1].split("=", 1) for i, a in enumerate(args) if a == "--build-arg")
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman"])
+def test_build_sh_builds_both_kinds_from_one_definition(tmp_path: Path, engine: str) -> None:
+    env, log = _fake_engines(tmp_path, docker_ok=engine == "docker")
     out = subprocess.run(
         ["bash", str(IMAGES / "build.sh"), "registry.example/team/", "1.2.3"],
         capture_output=True, text=True, env=env, timeout=60,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
-    builds = [ln.split() for ln in log.read_text().splitlines() if ln.startswith("buildx build")]
+    builds = _builds(log, engine)
     assert len(builds) == 2
     for args, name in zip(builds, (platform.CPU_IMAGE_NAME, platform.GPU_IMAGE_NAME), strict=True):
         kind = name.removeprefix("cloudml-")
         assert args[args.index("--tag") + 1] == f"registry.example/team/{name}:1.2.3"
-        assert args[args.index("--file") + 1] == str(IMAGES / f"{kind}.Dockerfile")
-        assert "--push" in args and args[-1] == str(REPO)
+        assert args[args.index("--file") + 1] == str(DOCKERFILE)
+        assert args[args.index("--target") + 1] == kind and args[-1] == str(REPO)
+        assert any(a.startswith("torch-wheels=") for a in args)
+    cpu, gpu = (_build_args(a) for a in builds)
+    # the kinds differ in their base and torch index only
+    assert set(cpu) == set(gpu) == {"BASE_IMAGE", "TORCH_INDEX"}
+    assert cpu["TORCH_INDEX"].endswith("/whl/cpu") and "/whl/cu" in gpu["TORCH_INDEX"]
+    assert gpu["BASE_IMAGE"].startswith("nvidia/cuda:")
+    pushed = [ln.split()[-1] for ln in log.read_text().splitlines() if " push" in ln]
+    if engine == "docker":
+        assert all("--push" in a for a in builds)
+    else:
+        assert all("--network" in a for a in builds)
+        assert pushed == [f"registry.example/team/{n}:1.2.3"
+                          for n in (platform.CPU_IMAGE_NAME, platform.GPU_IMAGE_NAME)]  # fmt: skip
 
 
-def test_build_sh_usage_error() -> None:
-    out = subprocess.run(
-        ["bash", str(IMAGES / "build.sh")], capture_output=True, text=True, timeout=30
+def test_build_sh_local_uses_the_local_base_and_wheel(tmp_path: Path) -> None:
+    env, log = _fake_engines(tmp_path, docker_ok=False)
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / f"torch-{_torch_pin()}+cpu-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"w")
+    ca = tmp_path / "ca.crt"
+    ca.write_text("CA")
+    env.update(TORCH_WHEELS=str(wheels), CPU_BASE="localhost/base:x", HOST_CA=str(ca))
+    out = subprocess.run(["bash", str(IMAGES / "build.sh"), "--local", "0.9", "cpu", "gpu"],
+                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    cpu, gpu = _builds(log, "podman")
+    for args in (cpu, gpu):
+        assert _build_args(args)["BASE_IMAGE"] == "localhost/base:x"
+        assert _build_args(args)["TORCH_INDEX"] == ""  # the wheel, no index
+        assert f"{ca}:/run/cloudml-host-ca.crt:ro" in args
+        assert _build_args(args)["PIP_CERT"] == "/run/cloudml-host-ca.crt"
+    assert _build_args(gpu)["EXPECT_CUDA"] == "0" and "EXPECT_CUDA" not in _build_args(cpu)
+    assert cpu[cpu.index("--tag") + 1] == "localhost/cloudml-cpu:0.9"
+    assert " push" not in log.read_text()
+
+
+def test_build_sh_refuses_a_wheel_dir_without_torch(tmp_path: Path) -> None:
+    env, _ = _fake_engines(tmp_path, docker_ok=False)
+    env.update(TORCH_WHEELS=str(tmp_path), CPU_BASE="localhost/base:x")
+    out = subprocess.run(["bash", str(IMAGES / "build.sh"), "--local", "0.9", "cpu"],
+                         capture_output=True, text=True, env=env, timeout=60)  # fmt: skip
+    assert out.returncode == 1
+    assert f"TORCH_WHEELS={tmp_path}: no torch-{_torch_pin()}+cpu-*.whl" in out.stderr
+
+
+@pytest.mark.parametrize("argv", [[], ["only-registry"], ["--local"], ["r", "1", "tpu"]])
+def test_build_sh_usage_error(argv: list[str]) -> None:
+    out = subprocess.run(["bash", str(IMAGES / "build.sh"), *argv],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    assert out.returncode == 2 and ("usage:" in out.stderr or "unknown image kind" in out.stderr)
+
+
+# --- the restricted settings: manifests, image and the container run agree ----------------
+def _manifest_containers() -> list[dict]:
+    found = []
+    for path in sorted((REPO / "manifests" / "base").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            spec = (doc or {}).get("spec", {})
+            pod = spec.get("template", spec.get("jobTemplate", {})).get("spec", {})
+            found += pod.get("containers", [])
+    return found
+
+
+def test_container_run_uses_the_manifests_security_context() -> None:
+    pytest.importorskip("docker", reason="the docker package (pip install -e '.[dev]')")
+    from cloudml.cluster.container_run import RUN_UID as run_uid
+    from cloudml.cluster.container_run import restricted_run_args
+
+    containers = _manifest_containers()
+    assert containers  # MinIO, its bucket Job, the Pushgateway
+    for c in containers:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] is True and sc["allowPrivilegeEscalation"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"]}
+    args = restricted_run_args(environ={})
+    assert args["read_only"] is True and args["cap_drop"] == ["ALL"]
+    assert "no-new-privileges" in args["security_opt"] and "cap_add" not in args
+    assert args["user"] == f"{RUN_UID}:{RUN_UID}" and run_uid == RUN_UID
+
+
+def test_images_mk_builds_the_cpu_image_locally_with_the_pip_wheel() -> None:
+    """images/images.mk (included by the Makefile): image-cpu = build.sh --local with the
+    package version as the tag and the wheel directory pip finds torch in."""
+    version = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+    env = {**os.environ, "PIP_FIND_LINKS": "/srv/wheels /other"}
+    env.pop("TORCH_WHEELS", None)
+    out = subprocess.run(["make", "-n", "-s", "-f", "images/images.mk", "image-cpu"], cwd=REPO,
+                         capture_output=True, text=True, env=env, timeout=30)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "bash images/install-tools.sh" in out.stdout
+    assert (
+        f"TORCH_WHEELS='/srv/wheels' bash images/build.sh --local '{version}' cpu &&" in out.stdout
     )
-    assert out.returncode == 2 and "usage:" in out.stderr
