@@ -10,6 +10,8 @@ SYSTAMP := $(VENV)/.system-stamp
 PIPELINE ?= tuned
 # config overrides for `make run`, e.g. SET="epochs=1 ensemble_size=1" (a smoke run)
 SET ?=
+# where `make run`'s tasks execute: subprocess (this venv) or container (the local CPU image)
+RUNNER ?= subprocess
 CRON ?= 0 0 6 * * 1
 REGISTRY ?= ghcr.io/cloudml
 TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
@@ -35,14 +37,15 @@ $(STAMP): pyproject.toml scripts/setup-venv.sh scripts/torch-source.sh
 
 setup: $(STAMP) ## create .venv and install cloudml with its dependencies
 
-$(SYSTAMP): scripts/install-system-deps.sh
+$(SYSTAMP): scripts/install-system-deps.sh images/install-tools.sh
 	@bash scripts/install-system-deps.sh $(VENV)
+	@bash images/install-tools.sh
 	@mkdir -p $(VENV) && touch $@
 
 system-deps: $(SYSTAMP) ## Debian packages (jemalloc, prometheus, pushgateway, promtool) when root
 
-run: $(STAMP) $(SYSTAMP) ## run PIPELINE (default tuned) on KFP's local runner; SET="k=v ..." overrides
-	@$(RUN_ENV) $(PY) -m cloudml run --pipeline $(PIPELINE) $(foreach s,$(SET),--set $(s))
+run: $(STAMP) $(SYSTAMP) ## run PIPELINE (default tuned) on KFP's local runner; SET="k=v ..." overrides; RUNNER=container
+	@$(RUN_ENV) $(PY) -m cloudml run --pipeline $(PIPELINE) --runner $(RUNNER) $(foreach s,$(SET),--set $(s))
 
 test: $(STAMP) $(SYSTAMP) ## the whole test suite (lint, manifests, unit, end-to-end)
 	$(PY) -m ruff check .
@@ -93,3 +96,5 @@ bench: $(STAMP) $(SYSTAMP) ## benchmarks -> build/bench/results.json and docs/be
 
 clean: ## remove build outputs (keeps .venv, data/ and runs/)
 	rm -rf build .pytest_cache .ruff_cache
+
+include images/images.mk

@@ -306,6 +306,7 @@ def run_local(
     skill_margin: float = DEFAULT_SKILL_MARGIN,
     verbose: bool = False,
     cache: bool = False,
+    runner: str = "subprocess",
 ) -> LocalRunResult:
     """Run the pipeline locally; returns the result (gate verdict included, never raises on
     a failed gate). Other task failures raise CloudMLError naming the task and the log.
@@ -353,7 +354,9 @@ def run_local(
             t0 = time.perf_counter()
             ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale, say=console.say)
             before = _champion(pipeline)
-            failed = _execute(pipeline, root, arguments, _cache_root(work_dir) if cache else None)
+            failed = _execute(
+                pipeline, root, arguments, _cache_root(work_dir) if cache else None, runner
+            )
             if failed is not None:
                 console.task_failed(failed)
             outputs = find_outputs(root)
@@ -413,11 +416,18 @@ def _cache_root(work_dir: Path) -> Path:
 
 
 def _execute(
-    pipeline: str, root: Path, arguments: dict[str, Any], cache_root: Path | None = None
+    pipeline: str,
+    root: Path,
+    arguments: dict[str, Any],
+    cache_root: Path | None = None,
+    runner: str = "subprocess",
 ) -> str | None:
-    """Run the pipeline graph (no retries) on kfp.local's SubprocessRunner with artifacts
-    under `root` (and kfp.local's task cache in `cache_root`, when given); returns the failed
-    task's name, or None."""
+    """Run the pipeline graph (no retries) on kfp.local with artifacts under `root` (and
+    kfp.local's task cache in `cache_root`, when given): every task in this venv
+    (SubprocessRunner), or with runner="container" in the local images under the restricted
+    settings (cloudml/cluster/container_run.py). Returns the failed task's name, or None."""
+    import contextlib
+
     from kfp import local
 
     from pipelines.training import build_pipeline
@@ -425,21 +435,36 @@ def _execute(
     # one member at a time: each already uses every core (kfp.local runs ParallelFor
     # iterations concurrently up to the parallelism limit; 3 x 2 threads on 2 cores thrash)
     graph = build_pipeline(pipeline, retries=False, parallelism=1)
-    local.init(local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
-               raise_on_error=True, enable_caching=cache_root is not None,
-               cache_root=str(cache_root) if cache_root else None)  # fmt: skip
-    failed: str | None = None
-    # KFP's local runner swaps builtins.print for an indenting wrapper while a task runs
-    # (kfp.local.logging_utils.indented_print) and, when a task fails with raise_on_error,
-    # leaves it installed: every later print of this process came out indented (found by
-    # tests/test_preflight.py parsing a report after the gate-failure test). Put it back.
-    real_print = builtins.print
-    try:
-        graph(**arguments)
-    except RuntimeError as e:
-        failed = _failed_task(str(e))
-    finally:
-        builtins.print = real_print
+    root = Path(root).resolve()  # DockerRunner mounts the pipeline root at its own path
+    with contextlib.ExitStack() as stack:
+        if runner == "container":
+            from cloudml.cluster.container_run import container_session, use_local_images
+            from cloudml.store.layout import is_remote
+
+            store = os.environ["CLOUDML_STORE"]
+            kfp_runner = stack.enter_context(container_session(
+                root, read_only=[Path(arguments["raw_uri"])],
+                writable=[] if is_remote(store) else [Path(store)],
+            ))  # fmt: skip
+            use_local_images(graph)
+        else:
+            kfp_runner = local.SubprocessRunner(use_venv=False)
+        local.init(kfp_runner, pipeline_root=str(root),
+                   raise_on_error=True, enable_caching=cache_root is not None,
+                   cache_root=str(cache_root) if cache_root else None)  # fmt: skip
+        failed: str | None = None
+        # KFP's local runner swaps builtins.print for an indenting wrapper while a task runs
+        # (kfp.local.logging_utils.indented_print) and, when a task fails with raise_on_error,
+        # leaves it installed: every later print of this process came out indented (found
+        # by tests/test_preflight.py parsing a report after the gate-failure test). Put it
+        # back.
+        real_print = builtins.print
+        try:
+            graph(**arguments)
+        except RuntimeError as e:
+            failed = _failed_task(str(e))
+        finally:
+            builtins.print = real_print
     return failed
 
 
@@ -680,6 +705,9 @@ def _check_experiment_failure(name: str, failed: str | None, log_path: Path, roo
 def _cmd_run(args: argparse.Namespace) -> int:
     check_output_dir(args.runs_dir)
     if is_experiment(args.preset):
+        if args.runner != "subprocess":
+            raise CloudMLError("--runner container: only for the training pipelines, not "
+                               f"--pipeline {args.preset}")  # fmt: skip
         res = run_experiment_local(
             args.preset, overrides=args.overrides, threshold=args.threshold,
             min_std_ratio=args.min_std_ratio, data_dir=args.data_dir, runs_dir=args.runs_dir,
@@ -703,6 +731,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         skill_margin=args.skill_margin,
         verbose=getattr(args, "verbose", False),
         cache=args.cache,
+        runner=args.runner,
     )
     print(res.ending())
     return 0 if res.gate_passed else GateFailed.exit_code
@@ -718,6 +747,10 @@ def add_command(sub: argparse._SubParsersAction) -> None:
                    help="gate: collapse check, prediction/target std ratio (0 disables)")  # fmt: skip
     p.add_argument("--skill-margin", type=float, default=DEFAULT_SKILL_MARGIN,
                    help="gate: R² must beat the ridge baseline's by more than this")  # fmt: skip
+    p.add_argument("--runner", choices=("subprocess", "container"), default="subprocess",
+                   help="subprocess: every task in this venv (default); container: every task "
+                   "in the local CPU image under the restricted settings (podman; the image is "
+                   "built or reused first: docs/deploy.md)")  # fmt: skip
     p.add_argument("--cache", action="store_true",
                    help="reuse tasks of an earlier local run whose inputs, config and cloudml "
                    "code are unchanged (kfp.local's cache; training included)")  # fmt: skip
