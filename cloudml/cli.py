@@ -49,6 +49,12 @@ ENV_VARS: dict[str, str] = {
     "CLOUDML_GPU_PARALLELISM": "ensemble members trained at once on the cluster (default 4)",
     "CLOUDML_THREADS": "compute threads (default: the cgroup CPU quota or affinity mask); "
     "also sets OMP_NUM_THREADS unless that is set",
+    "CLOUDML_CPU_REQUEST": "set per task by the pipeline: caps the threads at the CPUs the "
+    "task requested (a machine with fewer CPUs gives fewer)",
+    "TORCH_WHEELS": "run --runner container: a directory with the torch wheel for the image "
+    "build (default: the first of PIP_FIND_LINKS; none: PyTorch's CPU index)",
+    "PIP_FIND_LINKS": "run --runner container: where pip finds local wheels (the image build "
+    "takes torch from there)",
     "KFP_HOST": "Kubeflow Pipelines API URL",
     "KFP_TOKEN": "bearer token for the KFP API (optional)",
     "KFP_NAMESPACE": "KFP namespace (default kubeflow)",
@@ -95,18 +101,25 @@ COMMANDS: dict[str, Command] = {
     "run": Command(
         "cloudml.cluster.local_run",
         "run a pipeline on KFP's local runner (embedded default)",
-        _STORE + ("PUSHGATEWAY_URL", "CLOUDML_COMMIT", "CLOUDML_THREADS") + _IMAGES,
+        _STORE
+        + ("PUSHGATEWAY_URL", "CLOUDML_COMMIT", "CLOUDML_THREADS", "CLOUDML_CPU_REQUEST")
+        + ("TORCH_WHEELS", "PIP_FIND_LINKS")
+        + _IMAGES,
     ),
     "pretrain": Command(
-        "cloudml.training.stages", "train on the pretrain flight", ("CLOUDML_THREADS",)
+        "cloudml.training.stages",
+        "train on the pretrain flight",
+        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST"),
     ),
     "finetune": Command(
-        "cloudml.training.stages", "finetune on all training flights", ("CLOUDML_THREADS",)
+        "cloudml.training.stages",
+        "finetune on all training flights",
+        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST"),
     ),
     "evaluate": Command(
         "cloudml.evaluate",
         "metrics of a checkpoint on the validation flight",
-        ("CLOUDML_THREADS",),
+        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST"),
     ),
     "synth": Command(
         "cloudml.data.synth", "write the synthetic six-flight campaign in the raw layout"

@@ -4,12 +4,13 @@ torch takes every core it sees. In a pod with a CPU limit of 4 on a 64-core GPU 
 64 OpenMP threads throttled by a 4-CPU CFS quota; on a shared machine the threads spin at
 barriers against a busy core. So intra-op threads follow, in order of precedence:
 
-1. `CLOUDML_THREADS` (an explicit count; the pipeline sets it to each task's CPU request,
-   since a request without a limit gives the container no quota to read),
-2. the cgroup CPU quota: v2 `cpu.max` ("<quota> <period>" or "max ..."), v1
+1. `CLOUDML_THREADS` (an explicit count: the user's),
+2. the smallest of: `CLOUDML_CPU_REQUEST` (the pipeline sets it to each task's CPU request,
+   since a request without a limit gives the container no quota to read; on a machine with
+   fewer CPUs, as in a local run, the machine wins), the cgroup CPU quota: v2 `cpu.max` ("<quota> <period>" or "max ..."), v1
    `cpu.cfs_quota_us` / `cpu.cfs_period_us` (-1: none), the smallest along the cgroup's path,
    rounded down, at least 1,
-3. the affinity mask (`os.sched_getaffinity`), which taskset / cpusets restrict.
+   and the affinity mask (`os.sched_getaffinity`), which taskset / cpusets restrict.
 
 `OMP_WAIT_POLICY=PASSIVE` (set by `prepare_process_env` before torch is imported, unless the
 user set it) makes idle OpenMP threads sleep instead of spinning: measured in
@@ -25,6 +26,7 @@ from pathlib import Path
 from cloudml.errors import ConfigError
 
 ENV_THREADS = "CLOUDML_THREADS"
+ENV_REQUEST = "CLOUDML_CPU_REQUEST"
 
 
 def _read(path: Path) -> str | None:
@@ -115,7 +117,8 @@ def thread_count(
     proc_cgroup: str | None = None,
     affinity: int | None = None,
 ) -> int:
-    """Intra-op threads for this process: CLOUDML_THREADS, else min(quota, affinity)."""
+    """Intra-op threads for this process: CLOUDML_THREADS, else min(CLOUDML_CPU_REQUEST,
+    quota, affinity)."""
     env = os.environ if env is None else env
     explicit = env.get(ENV_THREADS, "").strip()
     if explicit:
@@ -127,6 +130,12 @@ def thread_count(
             raise ConfigError(f"{ENV_THREADS}: must be an integer in [1, 1024], got {explicit!r}")
         return n
     cpus = affinity_cpus() if affinity is None else affinity
+    request = env.get(ENV_REQUEST, "").strip()
+    if request:
+        try:
+            cpus = min(cpus, max(1, math.floor(float(request))))
+        except ValueError:
+            raise ConfigError(f"{ENV_REQUEST}: must be a number of CPUs, got {request!r}") from None
     quota = cgroup_cpu_limit(cgroup_root, proc_cgroup)
     if quota is not None:
         cpus = min(cpus, max(1, math.floor(quota)))

@@ -59,15 +59,16 @@ def with_env(task: dsl.PipelineTask) -> dsl.PipelineTask:
 
 def threads_for(cpu: str) -> int:
     """Compute threads for a task's CPU request ("500m" -> 1, "4" -> 4). A request without a
-    limit gives the container no CFS quota to read (cloudml.threads), so the task is told."""
+    limit gives the container no CFS quota to read (cloudml.threads), so the task is told
+    (CLOUDML_CPU_REQUEST: a cap, so a local run on fewer cores takes fewer)."""
     n = int(cpu[:-1]) / 1000 if cpu.endswith("m") else float(cpu)
     return max(1, int(n))
 
 
 def on_cpu(task: dsl.PipelineTask, res: dict[str, str]) -> dsl.PipelineTask:
-    """CPU and memory requests, and as many compute threads as CPUs requested."""
+    """CPU and memory requests, and at most as many compute threads as CPUs requested."""
     task.set_cpu_request(res["cpu"]).set_memory_request(res["memory"])
-    return task.set_env_variable("CLOUDML_THREADS", str(threads_for(res["cpu"])))
+    return task.set_env_variable("CLOUDML_CPU_REQUEST", str(threads_for(res["cpu"])))
 
 
 def on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:

@@ -320,9 +320,9 @@ def test_credentials_only_from_secret_and_configmap(compiled):
         (cm,) = kube[f"exec-{name}"]["configMapAsEnv"]
         assert cm["configMapName"] == platform.SETTINGS_CONFIGMAP
     for executor in spec["deploymentSpec"]["executors"].values():
-        # the only literal env value in the spec is the thread count
+        # the only literal env value in the spec is the CPU request (the thread cap)
         env = executor["container"].get("env", [])
-        assert [e["name"] for e in env] == ["CLOUDML_THREADS"]
+        assert [e["name"] for e in env] == ["CLOUDML_CPU_REQUEST"]
         assert env[0]["value"].isdigit()
 
 
@@ -393,4 +393,4 @@ def test_threads_follow_each_tasks_cpu_request(compiled):
             1000 if c["resources"]["resourceCpuRequest"].endswith("m") else 1
         )
         env = {e["name"]: e["value"] for e in c.get("env", [])}
-        assert env.get("CLOUDML_THREADS") == str(max(1, int(cpu))), name
+        assert env.get("CLOUDML_CPU_REQUEST") == str(max(1, int(cpu))), name

@@ -63,6 +63,15 @@ def test_unreadable_or_garbled_cgroup_files_mean_no_quota(tmp_path):
     assert cgroup_cpu_limit(tmp_path / "absent", V2) is None
 
 
+def test_cpu_request_caps_threads_but_never_exceeds_the_machine(tmp_path):
+    # the pipeline tells each task its CPU request; a local run on 2 cores takes 2, not 4
+    assert thread_count({"CLOUDML_CPU_REQUEST": "4"}, proc_cgroup="", affinity=64) == 4
+    assert thread_count({"CLOUDML_CPU_REQUEST": "4"}, proc_cgroup="", affinity=2) == 2
+    assert thread_count({"CLOUDML_CPU_REQUEST": "0.5"}, proc_cgroup="", affinity=8) == 1
+    with pytest.raises(ConfigError, match="CLOUDML_CPU_REQUEST"):
+        thread_count({"CLOUDML_CPU_REQUEST": "lots"}, proc_cgroup="", affinity=8)
+
+
 def test_explicit_setting_beats_quota_and_affinity(tmp_path):
     _write(tmp_path, "kubepods/pod1/ctr", "cpu.max", "200000 100000")
     env = {"CLOUDML_THREADS": "6"}

@@ -51,12 +51,13 @@ class ContainerError(CloudMLError):
 # --- pure: the run settings ------------------------------------------------------------------
 def passthrough_env(environ: Mapping[str, str]) -> dict[str, str]:
     """The caller's variables a task inside the container needs (never the whole environment:
-    the host's PATH, HOME or LD_PRELOAD would break the image's own)."""
+    the host's PATH, HOME or LD_PRELOAD would break the image's own). CLOUDML_THREADS stays
+    out: each task's own value (its CPU request, from the compiled spec) applies."""
     return {
         k: v
         for k, v in environ.items()
         if k.startswith(PASSTHROUGH_PREFIXES)
-        and k not in ("CLOUDML_REGISTRY", "CLOUDML_TAG")
+        and k not in ("CLOUDML_REGISTRY", "CLOUDML_TAG", "CLOUDML_THREADS")
         or k in PASSTHROUGH_NAMES
     }
 
