@@ -12,9 +12,12 @@ barriers against a busy core. So intra-op threads follow, in order of precedence
    rounded down, at least 1,
    and the affinity mask (`os.sched_getaffinity`), which taskset / cpusets restrict.
 
-`OMP_WAIT_POLICY=PASSIVE` (set by `prepare_process_env` before torch is imported, unless the
-user set it) makes idle OpenMP threads sleep instead of spinning: measured in
-docs/benchmarks.md, 'Threads under contention'.
+OpenMP's wait policy is left to libgomp (spin a while, then sleep) unless the user sets
+`OMP_WAIT_POLICY`: measured at local scale on 2 cores (bench/threads_bench.py,
+docs/benchmarks.md 'Threads under contention'), PASSIVE keeps 53% of the quiet throughput
+beside one busy process instead of 37%, but costs 5-8% when the machine is quiet (the
+training loop's pauses between steps put its threads to sleep); the quiet case is the
+usual one, so PASSIVE is the documented setting for a shared machine, not the default.
 """
 
 from __future__ import annotations
@@ -143,13 +146,12 @@ def thread_count(
 
 
 def prepare_process_env(env: dict[str, str] | None = None) -> int:
-    """Before torch is imported: OMP_NUM_THREADS to the usable CPUs and a passive OpenMP
-    wait policy, each unless the user set it. Child processes (KFP's local runner starts
-    one per task) inherit both. Returns the thread count."""
+    """Before torch is imported: OMP_NUM_THREADS to the usable CPUs, unless the user set it.
+    Child processes (KFP's local runner starts one per task) inherit it. Returns the thread
+    count."""
     env = os.environ if env is None else env
     n = thread_count(env)
     env.setdefault("OMP_NUM_THREADS", str(n))
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     return n
 
 
