@@ -14,10 +14,10 @@ barriers against a busy core. So intra-op threads follow, in order of precedence
 
 OpenMP's wait policy is left to libgomp (spin a while, then sleep) unless the user sets
 `OMP_WAIT_POLICY`: measured at local scale on 2 cores (bench/threads_bench.py,
-docs/benchmarks.md 'Threads under contention'), PASSIVE keeps 53% of the quiet throughput
-beside one busy process instead of 37%, but costs 5-8% when the machine is quiet (the
-training loop's pauses between steps put its threads to sleep); the quiet case is the
-usual one, so PASSIVE is the documented setting for a shared machine, not the default.
+docs/deploy.md 'Threads: how many, and under contention'), PASSIVE keeps 53% of the quiet throughput
+beside one busy process instead of 37%, but costs up to 5% when the machine is quiet; the
+quiet case is the usual one, so PASSIVE is the documented setting for a shared machine,
+not the default.
 """
 
 from __future__ import annotations
