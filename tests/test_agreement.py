@@ -89,5 +89,8 @@ def test_images_carry_the_tag_make_images_builds(compiled):
     assert tag == version or "CLOUDML_TAG" in __import__("os").environ
     reg = platform.registry()
     assert images == {f"{reg}/cloudml-cpu:{tag}", f"{reg}/cloudml-gpu:{tag}"}
+    # build.sh names each image cloudml-<kind> for the kinds it builds (cpu, gpu)
+    assert 'image="${registry}/cloudml-${kind}:${tag}"' in build
     for image in images:
-        assert image.split("/")[-1].split(":")[0] in build
+        kind = image.split("/")[-1].split(":")[0].removeprefix("cloudml-")
+        assert re.search(rf"kinds=\([^)]*\b{kind}\b", build), kind  # built by default

@@ -176,5 +176,9 @@ def test_make_run_passes_set_as_overrides(tmp_path):
                           "SET=epochs=1 ensemble_size=1"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 0, out.stderr
-    assert f"{venv}/bin/python -m cloudml run --pipeline tuned --set epochs=1 --set " \
-           "ensemble_size=1" in out.stdout  # fmt: skip
+    assert f"{venv}/bin/python -m cloudml run --pipeline tuned --runner subprocess --set " \
+           "epochs=1 --set ensemble_size=1" in out.stdout  # fmt: skip
+    # RUNNER=container runs the same pipeline with every task in the local image
+    out = subprocess.run([make, "-n", "-C", str(ROOT), "run", f"VENV={venv}", "RUNNER=container"],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert "-m cloudml run --pipeline tuned --runner container" in out.stdout, out.stdout
