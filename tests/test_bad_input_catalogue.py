@@ -1,7 +1,7 @@
 """Every command line catalogued in docs/reliability.md ('Found from outside: command lines')
 runs through the CLI and fails cleanly: the catalogued exit code, exactly one `error:` line
-naming what the row says, no traceback, no advice to load a checkpoint with
-weights_only=False, and not one new file left behind.
+naming what the row says, no traceback, no advice to switch off torch.load's weights-only
+check, and not one new file left behind.
 
 The rows are read from the doc; _SETUP names, per row id, how the shared fixture directory
 is changed before the command runs (and a row without a _SETUP entry, or an entry without a

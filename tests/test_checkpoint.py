@@ -1,4 +1,4 @@
-"""Checkpoint loading in our words (never torch's advice to load with weights_only=False),
+"""Checkpoint loading in our words (never torch's advice to switch the weights-only check off),
 the input-path check on checkpoints, and architecture overrides that disagree with a
 checkpoint refused (cloudml/training/checkpoint.py)."""
 
@@ -60,7 +60,11 @@ def test_truncated_checkpoint_is_named_truncated(tmp_path, data):
 
 
 def test_reason_drops_any_sentence_advising_weights_only_false():
-    e = RuntimeError("Bad thing. Re-running with weights_only=False will likely succeed. More")
+    # torch's own wording of the advice (torch.serialization, 2.6+)
+    e = RuntimeError(
+        "Bad thing. Re-running `torch.load` with `weights_only` set to `False` will likely "
+        "succeed. More"
+    )
     assert load_error_reason(e) == "RuntimeError: Bad thing. More"
 
 
