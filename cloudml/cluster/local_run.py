@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -211,13 +210,10 @@ def collect_run(outputs: dict[str, Path], run_dir: Path, record: dict[str, Any])
     ev = outputs["evaluation"]
     for name in RUN_FILES:
         if (ev / name).is_file():
-            with atomic_path(run_dir / name) as tmp:
-                shutil.copyfile(ev / name, tmp)
+            _copy(ev / name, run_dir / name)
     model = outputs.get("model")
     if model is not None and model.is_dir():  # the ensemble: ensemble.json + member-<i>.pt
-        for f in sorted(model.iterdir()):
-            with atomic_path(run_dir / "model" / f.name) as tmp:
-                shutil.copyfile(f, tmp)
+        _copy(model, run_dir / "model")
     with atomic_path(run_dir / "metrics.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
     for p in run_dir.rglob("*"):  # atomic_path's temp files are 0600; these are for reading
@@ -292,6 +288,23 @@ def run_environment(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _run_config(preset: str, overrides: list[str] | None, scale: str) -> Config:
+    """The validated config of a local run: the preset, --set overrides, scale (default)."""
+    values = parse_overrides(overrides)
+    values.setdefault("scale", scale)
+    return load_config(preset, values)
+
+
+def _new_run(kind: str, runs_dir: Path, work_dir: Path) -> tuple[str, Path, Path, Path]:
+    """(name, run folder, pipeline root, log path) of a new run <kind>-<UTC stamp>; the run
+    folder must not exist yet."""
+    name = f"{kind}-{dt.datetime.now(dt.UTC).strftime('%Y%m%dT%H%M%SZ')}"
+    run_dir, root = Path(runs_dir) / name, Path(work_dir) / name
+    run_dir.mkdir(parents=True, exist_ok=False)
+    root.mkdir(parents=True, exist_ok=True)
+    return name, run_dir, root, run_dir / "pipeline.log"
+
+
 @run_environment
 def run_local(
     pipeline: str = "tuned",
@@ -322,18 +335,9 @@ def run_local(
 
     if is_experiment(pipeline):
         raise CloudMLError(f"{pipeline}: an experiment, run it with run_experiment_local")
-    values = parse_overrides(overrides)
-    values.setdefault("scale", scale)
-    cfg = load_config(pipeline, values)  # every problem listed before anything runs
+    cfg = _run_config(pipeline, overrides, scale)  # every problem listed before anything runs
     data_dir = Path(data_dir).resolve()
-
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{pipeline}-{stamp}"
-    run_dir = Path(runs_dir) / name
-    root = Path(work_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=False)
-    root.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "pipeline.log"
+    name, run_dir, root, log_path = _new_run(pipeline, runs_dir, work_dir)
 
     arguments = pipeline_arguments(
         cfg, str(data_dir), threshold, min_std_ratio, beat_baseline, skill_margin
@@ -569,9 +573,7 @@ def run_experiment_local(
     from cloudml.experiments.folds import fold_configs
     from cloudml.experiments.variants import load_variants, variant_configs
 
-    values = parse_overrides(overrides)
-    values.setdefault("scale", scale)
-    cfg = load_config(BASE_PRESET, values)
+    cfg = _run_config(BASE_PRESET, overrides, scale)
     extra: dict[str, Any]
     if kind == "sweep":  # every variant checked before anything runs
         variants = load_variants(variants_file)
@@ -581,12 +583,7 @@ def run_experiment_local(
         fold_configs(cfg.to_json())
         extra = {"gate_mean": gate_mean}
     data_dir = Path(data_dir).resolve()
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    name = f"{kind}-{stamp}"
-    run_dir, root = Path(runs_dir) / name, Path(work_dir) / name
-    run_dir.mkdir(parents=True, exist_ok=False)
-    root.mkdir(parents=True, exist_ok=True)
-    log_path = run_dir / "pipeline.log"
+    name, run_dir, root, log_path = _new_run(kind, runs_dir, work_dir)
     arguments = {**pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio,
                                       beat_baseline, skill_margin), **extra}  # fmt: skip
     n = len(extra["variants"]) if kind == "sweep" else len(cfg.data.flights)
@@ -648,12 +645,14 @@ def run_experiment_local(
 
 
 def _copy(src: Path, dest: Path) -> None:
+    """src (a file, or a directory's files, recursively) onto dest, each file atomically."""
+    from cloudml.steps.common import copy_file
+
     if src.is_dir():
         for f in sorted(src.iterdir()):
             _copy(f, dest / f.name)
     elif src.is_file():
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(src, tmp)
+        copy_file(src, dest)
 
 
 def _sweep_outcome(
