@@ -173,8 +173,15 @@ def test_compiled_checkpointed_training_step_equals_eager():
         results.append((loss.detach(), grads, copy.deepcopy(net.state_dict())))
     (l0, g0, s0), (l1, g1, s1) = results
     torch.testing.assert_close(l1, l0, rtol=1e-5, atol=1e-6)
-    for a, b in zip(g0, g1, strict=True):  # fused kernels sum in another order: fp32 noise
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4 * float(a.abs().max()) + 1e-6)
+    # Fused kernels sum in another order: fp32 noise, whose size follows the magnitudes that
+    # were summed, not the result. A bias ahead of BatchNorm has an exact gradient of zero, so
+    # its whole tensor is such noise (one failed a per-tensor tolerance on another CPU). Over
+    # 8 seeds on 3 float paths the largest difference was 1.8e-5 of the largest gradient and
+    # 1e-4 relative on tensors that are not noise; a wrong gradient differs by ~1e-1.
+    scale = max(float(a.abs().max()) for a in g0)
+    for a, b in zip(g0, g1, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4 * scale)
     assert list(s1) == list(s0)  # compiled in place: the same state_dict keys
     for k in s0:  # weights after the step and BatchNorm statistics updated once, not twice
-        torch.testing.assert_close(s1[k], s0[k], rtol=1e-4, atol=1e-5)
+        # a weight moved by lr x its gradient carries lr x the gradient's tolerance
+        torch.testing.assert_close(s1[k], s0[k], rtol=1e-4, atol=1e-5 + 0.1 * 1e-4 * scale)
