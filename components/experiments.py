@@ -1,7 +1,7 @@
 """The experiment tasks (sweep and leave-one-flight-out): each calls one function of
 cloudml.steps.experiments. All run on CPU: they read small JSON and copy artifacts."""
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 from kfp import dsl
 from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
@@ -43,6 +43,40 @@ def lofo_configs(config_json: str) -> list:
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
+def training_fold_configs(config_json: str) -> list:
+    """Expand one variant's configuration into leave-one-flight-out folds over its training
+    flights: each holds out one training flight; none contains the validation flight.
+
+    Args:
+        config_json: The variant's configuration.
+
+    Returns:
+        Output: One configuration JSON per held-out training flight, labelled
+            <variant label>.lofo.<flight>.
+    """
+    from cloudml.steps.experiments import run_training_fold_configs
+
+    return run_training_fold_configs(config_json)
+
+
+@dsl.component(base_image=cpu_image(), install_kfp_package=False)
+def lofo_score(config_json: str, evaluations: Input[list[Dataset]]) -> str:
+    """Score one variant on leave-one-flight-out over its training flights: the mean R² of
+    its folds, each on its held-out training flight (never the validation flight).
+
+    Args:
+        config_json: The variant's configuration (its label names the variant).
+        evaluations: Its folds' evaluations.
+
+    Returns:
+        Output: JSON {label, lofo_r2 (mean, min, max), folds}.
+    """
+    from cloudml.steps.experiments import run_lofo_score
+
+    return run_lofo_score(config_json, [e.path for e in evaluations])
+
+
+@dsl.component(base_image=cpu_image(), install_kfp_package=False)
 def selection_score(config_json: str, members: Input[list[Model]]) -> str:
     """Score one model on the selection split (the held-out tails of the training flights):
     the members' mean R² at their kept epoch; never reads the validation flight.
@@ -60,18 +94,20 @@ def selection_score(config_json: str, members: Input[list[Model]]) -> str:
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
-def rank_variants(scores: list) -> str:
-    """Pick the sweep's winner on the selection-split scores alone (its only input).
+def rank_variants(scores: list, ranked_on: str = "selection") -> str:
+    """Pick the sweep's winner on the scores alone (its only input): the selection-split
+    scores, or the leave-one-training-flight-out scores (sweep-lofo).
 
     Args:
-        scores: Every variant's selection-split score (selection-score's outputs).
+        scores: Every variant's score (selection-score's or lofo-score's outputs).
+        ranked_on: Which score they are: selection or lofo.
 
     Returns:
         Output: The winning variant's label (sweep.<name>).
     """
     from cloudml.steps.experiments import run_rank
 
-    return run_rank(scores)
+    return run_rank(scores, ranked_on)
 
 
 @dsl.component(base_image=cpu_image(), install_kfp_package=False)
@@ -81,13 +117,16 @@ def compare_variants(
     metrics: Output[Metrics],
     report: Output[HTML],
     table: Output[Dataset],
+    lofo_scores: Optional[list] = None,  # noqa: UP045 - kfp 2.17 cannot parse `list | None`
 ):
-    """Write the comparison table: per variant the selection-split figures it was ranked on,
-    the validation flight's figures with intervals (not used for ranking), training time.
+    """Write the comparison table: per variant the figures it was ranked on (selection
+    split, or leave-one-training-flight-out), the validation flight's figures with
+    intervals (not used for ranking), training time.
 
     Args:
         scores: Every variant's selection-split score.
         evaluations: Every variant's evaluation (validation-flight metrics).
+        lofo_scores: sweep-lofo: every variant's leave-one-training-flight-out score (ranked on).
 
     Returns:
         metrics: Per variant <name>_selection_r2 and <name>_val_r2_not_ranked.
@@ -96,7 +135,8 @@ def compare_variants(
     """
     from cloudml.steps.experiments import run_compare
 
-    _, shown = run_compare(scores, [e.path for e in evaluations], table.path, report.path)
+    _, shown = run_compare(scores, [e.path for e in evaluations], table.path, report.path,
+                           lofo_scores)  # fmt: skip
     for key, value in shown.items():
         metrics.log_metric(key, value)
 

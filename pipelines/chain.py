@@ -9,7 +9,8 @@ sub-pipelines, and the placement helpers every pipeline shares.
         -> model, evaluation, selection, r2, r2_lo, r2_hi, std_ratio, baseline_r2
 
 The training pipeline runs it once; the sweep and leave-one-flight-out run it under a
-ParallelFor over configs (pipelines/experiments.py). Everything the chain needs travels as
+ParallelFor over configs (pipelines/experiments.py); sweep-lofo also runs it per fold of
+each variant's training flights inside the lofo-training-flights sub-pipeline. Everything the chain needs travels as
 its inputs, never as a task output from outside a loop: kfp 2.17's local runner replaces a
 ParallelFor body's task-output inputs with the loop item (kfp/local/orchestrator/
 task_spec_utils.py, create_parameter_loop_iteration_task_spec), and also mangles a string
@@ -24,7 +25,7 @@ from kfp import dsl, kubernetes
 
 from cloudml.cluster import settings as platform
 from components.evaluate import evaluate
-from components.experiments import selection_score
+from components.experiments import lofo_score, selection_score, training_fold_configs
 from components.finetune import finetune
 from components.fingerprint import fingerprint
 from components.ingest import ingest
@@ -209,3 +210,50 @@ def build_train_evaluate(retry: dict[str, Any] | None, parallelism: int):
         )
 
     return train_evaluate
+
+
+def build_lofo_scorer(chain: Any, par: int):
+    """The sub-pipeline that scores one variant on leave-one-flight-out over its training
+    flights (pipeline sweep-lofo): one fold per training flight (none contains the
+    validation flight), each the train-evaluate chain scored on its held-out flight, then
+    the folds' mean R². A sub-pipeline because kfp 2.17 cannot compile a Collected used
+    inside another ParallelFor (the variants' loop)."""
+
+    @dsl.pipeline(name="lofo-training-flights")
+    def lofo_scorer(
+        config_json: str,
+        flights: list,
+        raw_uri: str,
+        threshold: float,
+        min_std_ratio: float,
+        beat_baseline: bool,
+        skill_margin: float,
+    ) -> str:
+        """Leave-one-training-flight-out score of one variant.
+
+        Args:
+            config_json: The variant's configuration.
+            flights: The flights to ingest (each fold trains on and is scored on its own
+                config's flights only).
+            raw_uri: Where the raw flights live (s3:// or a directory).
+            threshold: The gate's R² threshold (for each fold's report).
+            min_std_ratio: The gate's collapse check.
+            beat_baseline: Whether the gate requires beating the ridge baseline.
+            skill_margin: By how much (R²) the baseline must be beaten.
+
+        Returns:
+            Output: JSON {label, lofo_r2 (mean, min, max), folds}.
+        """
+        folds = on_cpu(training_fold_configs(config_json=config_json), SMALL_TASK)
+        folds.set_display_name("training-fold-configs")
+        with dsl.ParallelFor(folds.output, name="train-each-fold", parallelism=par) as fold:
+            te = chain(config_json=fold, flights=flights, raw_uri=raw_uri,
+                       threshold=threshold, min_std_ratio=min_std_ratio,
+                       beat_baseline=beat_baseline, skill_margin=skill_margin)  # fmt: skip
+            te.set_display_name("train-evaluate-fold")
+        sc = lofo_score(config_json=config_json,
+                        evaluations=dsl.Collected(te.outputs["evaluation"]))  # fmt: skip
+        on_cpu(sc.set_display_name("lofo-score"), SMALL_TASK)
+        return sc.output
+
+    return lofo_scorer

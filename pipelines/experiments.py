@@ -7,6 +7,9 @@ over configs, then a fan-in.
                                                   \\-> compare-variants (HTML, Metrics, CSV)
     lofo:  resolve-config -> lofo-configs (one config per held-out flight)
         -> ParallelFor(configs, parallelism): train-evaluate -> lofo-report (gate_mean)
+    sweep-lofo: the sweep, each variant also scored by lofo-training-flights (a sub-pipeline:
+        training-fold-configs -> ParallelFor(folds, parallelism): train-evaluate -> lofo-score,
+        every fold holding out one TRAINING flight); rank-variants takes only those scores
 
 Parameters: every config key (defaults from tuned: the base every variant / fold changes),
 the training pipeline's extra parameters, plus `variants` (sweep) or `gate_mean` (lofo).
@@ -22,7 +25,7 @@ from typing import Any
 from kfp import dsl
 
 from cloudml.cluster import settings as platform
-from cloudml.experiments import BASE_PRESET
+from cloudml.experiments import BASE_PRESET, is_sweep, ranked_on
 from cloudml.experiments.variants import default_variants
 from components.experiments import (
     compare_variants,
@@ -32,7 +35,7 @@ from components.experiments import (
     rank_variants,
     sweep_configs,
 )
-from pipelines.chain import RETRY, SMALL_TASK, build_train_evaluate, on_cpu
+from pipelines.chain import RETRY, SMALL_TASK, build_lofo_scorer, build_train_evaluate, on_cpu
 from pipelines.training import (
     _resolved_config,
     args_docstring,
@@ -55,7 +58,7 @@ EXPERIMENT_HELP = {
 def experiment_parameters(kind: str) -> dict[str, tuple[type, Any]]:
     """{name: (type, default)}: the base preset's parameters plus the experiment's own."""
     params = pipeline_parameters(BASE_PRESET)
-    if kind == "sweep":
+    if is_sweep(kind):
         params["variants"] = (list, default_variants())
     else:
         params["gate_mean"] = (bool, False)
@@ -72,17 +75,31 @@ def _chains(p: dict[str, Any], configs: dsl.PipelineTask, chain: Any, name: str,
     return te
 
 
-def _sweep(p: dict[str, Any], retry: Any, chain: Any, par: int) -> None:
+def _sweep(p: dict[str, Any], retry: Any, chain: Any, par: int, scorer: Any = None) -> None:
+    """The sweep; with `scorer` (build_lofo_scorer's sub-pipeline: sweep-lofo) each variant
+    is also scored on its training flights' folds, and ranked on that score alone."""
     cfg = _resolved_config(BASE_PRESET, p)
     configs = sweep_configs(config_json=cfg.output, variants=p["variants"])
     on_cpu(configs.set_display_name("sweep-configs"), SMALL_TASK)
-    te = _chains(p, configs, chain, "train-each-variant", par)
-    # The ranking's only input is the selection-split scores: the validation flight cannot
-    # reach it (tests/test_sweep_pipeline.py checks the compiled DAG).
-    rk = on_cpu(rank_variants(scores=dsl.Collected(te.outputs["selection"])), SMALL_TASK)
+    on = "selection" if scorer is None else "lofo"
+    with dsl.ParallelFor(configs.output, name="train-each-variant", parallelism=par) as config_json:
+        te = chain(config_json=config_json, flights=p["flights"], raw_uri=p["raw_uri"],
+                   **gate_settings(p))  # fmt: skip
+        te.set_display_name("train-evaluate")
+        if scorer is not None:
+            ls = scorer(config_json=config_json, flights=p["flights"], raw_uri=p["raw_uri"],
+                        **gate_settings(p))  # fmt: skip
+            ls.set_display_name("lofo-training-flights")
+    # The ranking's only input is the scores it ranks on (selection split, or the folds of
+    # the training flights): the validation flight cannot reach it (tests/test_sweep_pipeline.py
+    # checks the compiled DAG).
+    ranked = dsl.Collected(te.outputs["selection"] if scorer is None else ls.output)
+    rk = on_cpu(rank_variants(scores=ranked, ranked_on=on), SMALL_TASK)
     rk.set_display_name("rank-variants")
+    extra = {} if scorer is None else {"lofo_scores": dsl.Collected(ls.output)}
     cmp = compare_variants(scores=dsl.Collected(te.outputs["selection"]),
-                           evaluations=dsl.Collected(te.outputs["evaluation"]))  # fmt: skip
+                           evaluations=dsl.Collected(te.outputs["evaluation"]),
+                           **extra)  # fmt: skip
     on_cpu(cmp.set_display_name("compare-variants"), SMALL_TASK)
     win = pick_winner(winner=rk.output, evaluations=dsl.Collected(te.outputs["evaluation"]),
                       models=dsl.Collected(te.outputs["model"]))  # fmt: skip
@@ -110,16 +127,26 @@ def build_experiment(kind: str, retries: bool = True, parallelism: int | None = 
     retry = RETRY if retries else None
     par = parallelism or platform.gpu_parallelism()
     chain = build_train_evaluate(retry, 1)
-    body = _sweep if kind == "sweep" else _lofo
+    # built here: a sub-pipeline cannot be defined inside the pipeline that calls it
+    scorer = build_lofo_scorer(chain, par) if ranked_on(kind) == "lofo" else None
 
     def experiment(*args: Any) -> None:
-        body(dict(zip(names, args, strict=True)), retry, chain, par)
+        p = dict(zip(names, args, strict=True))
+        if is_sweep(kind):
+            _sweep(p, retry, chain, par, scorer)
+        else:
+            _lofo(p, retry, chain, par)
 
     summary = (
         "CloudML sweep: train and evaluate every variant (overrides of preset tuned) in "
         "parallel on the GPU pool, rank them on the selection split (never the validation "
         "flight), compare, gate and promote the winner."
         if kind == "sweep"
+        else "CloudML sweep ranked on leave-one-flight-out: train and evaluate every variant "
+        "(overrides of preset tuned) in parallel on the GPU pool, score each on folds that "
+        "hold out one training flight at a time (never the validation flight), rank on their "
+        "mean R², compare, gate and promote the winner."
+        if kind == "sweep-lofo"
         else "CloudML leave-one-flight-out: for each flight, train on the others and evaluate "
         "on it, in parallel on the GPU pool; report per-flight R², MAE, bias with intervals "
         "and their mean and spread."

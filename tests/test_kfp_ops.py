@@ -176,16 +176,16 @@ def test_server_rejection_is_a_clear_error(standin, capsys):
     assert standin.url in err and "rejected upload of a version of cloudml-tuned" in err
 
 
-@pytest.mark.parametrize("kind", ["sweep", "lofo"])
+@pytest.mark.parametrize("kind", ["sweep", "lofo", "sweep-lofo"])
 def test_submit_experiment_creates_its_pipeline_and_run(standin, kind):
-    """make submit PIPELINE=sweep / lofo: the experiment's own pipeline (base preset tuned),
-    the overrides as run parameters."""
+    """make submit PIPELINE=sweep / lofo / sweep-lofo: the experiment's own pipeline (base
+    preset tuned), the overrides as run parameters."""
     assert main(["submit", "--pipeline", kind, "--set", "epochs=2"]) == 0
     spec = _uploaded_spec(standin, "upload")
     assert spec["pipelineInfo"]["name"] == f"cloudml-{kind}"
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["learning_rate"]["defaultValue"] == 0.0005  # tuned's
-    assert ("variants" in params) == (kind == "sweep")
+    assert ("variants" in params) == kind.startswith("sweep")
     assert ("gate_mean" in params) == (kind == "lofo")
     (pipeline,) = standin.pipelines.values()
     assert pipeline["display_name"] == f"cloudml-{kind}"

@@ -304,7 +304,7 @@ def test_every_component_has_a_docstring():
     for path in sorted(Path(components.__file__).parent.glob("*.py")):
         mod = importlib.import_module(f"components.{path.stem}")
         found.update({n: c for n, c in vars(mod).items() if isinstance(c, BaseComponent)})
-    assert len(found) == 17, sorted(found)
+    assert len(found) == 19, sorted(found)
     for name, comp in found.items():
         assert (comp.component_spec.description or "").strip(), name
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -15,14 +16,14 @@ from cloudml.cluster import settings as platform
 from cloudml.config import load_config
 from cloudml.errors import ConfigError, DataError
 from cloudml.experiments import ranking, split_label, tables
-from cloudml.experiments.folds import fold_configs, fold_overrides
+from cloudml.experiments.folds import fold_configs, fold_overrides, training_fold_configs
 from cloudml.experiments.variants import default_variants, parse_variants, variant_configs
 from pipelines.training import compile_pipeline
 
 TRAINING_AND_EVALUATION = ("pretrain", "finetune", "evaluate")
 
 
-@pytest.fixture(scope="module", params=["sweep", "lofo"])
+@pytest.fixture(scope="module", params=["sweep", "lofo", "sweep-lofo"])
 def compiled(request, tmp_path_factory):
     out = tmp_path_factory.mktemp("exp") / f"{request.param}.yaml"
     compile_pipeline(request.param, out)
@@ -35,39 +36,56 @@ def _all_tasks(spec: dict) -> list[tuple[str, dict]]:
     return [(name, t) for dag in dags for name, t in dag["tasks"].items()]
 
 
+def _base_name(executor: str) -> str:
+    """exec-evaluate-2 -> evaluate: kfp numbers the executors of a component used twice
+    (sweep-lofo calls the train-evaluate chain for the variant and for each fold)."""
+    return re.sub(r"-\d+$", "", executor.removeprefix("exec-"))
+
+
 def test_every_training_and_evaluation_task_is_on_the_gpu_pool(compiled):
     _, spec, plat = compiled
     executors = spec["deploymentSpec"]["executors"]
     kube = plat["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     pool = platform.gpu_pool()
-    used = {t["componentRef"]["name"] for _, t in _all_tasks(spec)}
+    used = {
+        _base_name(t["componentRef"]["name"].replace("comp-", "exec-")) for _, t in _all_tasks(spec)
+    }
     for name in TRAINING_AND_EVALUATION:
-        assert f"comp-{name}" in used, name
-        res = executors[f"exec-{name}"]["container"]["resources"]
-        assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
-        assert res["accelerator"]["resourceCount"] == "1"
-        assert kube[f"exec-{name}"]["nodeSelector"]["labels"] == {pool.label_key: pool.label_value}
-        assert kube[f"exec-{name}"]["tolerations"] == [{
-            "key": pool.taint_key, "operator": "Equal", "value": pool.taint_value,
-            "effect": pool.taint_effect,
-        }]  # fmt: skip
+        assert name in used, name
+        for ex in [e for e in executors if _base_name(e) == name]:
+            res = executors[ex]["container"]["resources"]
+            assert res["accelerator"]["resourceType"] == "nvidia.com/gpu"
+            assert res["accelerator"]["resourceCount"] == "1"
+            assert kube[ex]["nodeSelector"]["labels"] == {pool.label_key: pool.label_value}
+            assert kube[ex]["tolerations"] == [{
+                "key": pool.taint_key, "operator": "Equal", "value": pool.taint_value,
+                "effect": pool.taint_effect,
+            }]  # fmt: skip
     # nothing else takes a GPU
     gpu = {n for n, e in executors.items() if "accelerator" in e["container"].get("resources", {})}
-    assert gpu == {f"exec-{n}" for n in TRAINING_AND_EVALUATION}
+    assert {_base_name(n) for n in gpu} == set(TRAINING_AND_EVALUATION)
     for name in ("pretrain", "finetune"):  # retried as in the training pipeline (resume)
-        (task,) = [t for n, t in _all_tasks(spec) if n == name]
-        assert task["retryPolicy"]["maxRetryCount"] >= 1
+        tasks = [t for n, t in _all_tasks(spec) if _base_name(n) == name]
+        assert tasks and all(t["retryPolicy"]["maxRetryCount"] >= 1 for t in tasks)
 
 
 def test_parallelism_limit_is_in_the_spec(compiled, monkeypatch, tmp_path):
     kind, spec, _ = compiled
     root = spec["root"]["dag"]["tasks"]
     (loop,) = [t for k, t in root.items() if k.startswith("for-loop")]
-    assert (
-        loop["taskInfo"]["name"] == {"sweep": "train-each-variant", "lofo": "train-each-fold"}[kind]
-    )
+    name, items = {"sweep": ("train-each-variant", "sweep"), "lofo": ("train-each-fold", "lofo"),
+                   "sweep-lofo": ("train-each-variant", "sweep")}[kind]  # fmt: skip
+    assert loop["taskInfo"]["name"] == name
     assert loop["iteratorPolicy"]["parallelismLimit"] == platform.gpu_parallelism()
-    assert loop["parameterIterator"]["items"]["inputParameter"].endswith(f"{kind}-configs-Output")
+    assert loop["parameterIterator"]["items"]["inputParameter"].endswith(f"{items}-configs-Output")
+    if kind == "sweep-lofo":  # each variant's folds: the same limit, over its training flights
+        folds = spec["components"]["comp-lofo-training-flights"]["dag"]["tasks"]
+        (fl,) = [t for k, t in folds.items() if k.startswith("for-loop")]
+        assert fl["taskInfo"]["name"] == "train-each-fold"
+        assert fl["iteratorPolicy"]["parallelismLimit"] == platform.gpu_parallelism()
+        assert fl["parameterIterator"]["items"]["inputParameter"].endswith(
+            "training-fold-configs-Output"
+        )
     # each model trains its members one at a time: the limit is the number of GPUs taken
     members = spec["components"]["comp-train-members"]["dag"]["tasks"]
     (inner,) = [t for k, t in members.items() if k.startswith("for-loop")]
@@ -83,7 +101,13 @@ def upstream(spec: dict, comp: str, task: str, ctx: tuple = ()) -> set[str]:
     """Every component whose output data can reach `task` of component `comp`: its inputs
     followed through sub-DAG outputs (down) and component inputs (up to the calling task,
     `ctx` = the (component, task) calls above)."""
-    seen: set[str] = set()
+    return {ref for ref, _ in reached(spec, comp, task, ctx)}
+
+
+def reached(spec: dict, comp: str, task: str, ctx: tuple = ()) -> set[tuple[str, tuple]]:
+    """upstream's components, each with the sub-pipeline calls it was reached inside (the
+    componentRef names of the calling tasks, outermost first)."""
+    seen: set[tuple[str, tuple]] = set()
 
     def dag(c: str) -> dict:
         return spec["root"]["dag"] if c == "root" else spec["components"][c]["dag"]
@@ -113,7 +137,7 @@ def upstream(spec: dict, comp: str, task: str, ctx: tuple = ()) -> set[str]:
         if (ref, t, key, ctx) in visited:
             return
         visited.add((ref, t, key, ctx))
-        seen.add(ref)
+        seen.add((ref, tuple(dag(pc)["tasks"][pt]["componentRef"]["name"] for pc, pt in ctx)))
         visit_inputs(c, t, ctx)
         sub = spec["components"][ref].get("dag")
         if sub is None:
@@ -145,7 +169,8 @@ def test_ranking_never_sees_a_validation_flight_metric():
     with tempfile.TemporaryDirectory() as d:
         spec, _ = yaml.safe_load_all(compile_pipeline("sweep", Path(d) / "s.yaml").read_text())
     rank = spec["root"]["dag"]["tasks"]["rank-variants"]
-    assert set(rank["inputs"].get("parameters", {})) == {"scores"}
+    assert set(rank["inputs"].get("parameters", {})) == {"scores", "ranked_on"}
+    assert rank["inputs"]["parameters"]["ranked_on"]["runtimeValue"]["constant"] == "selection"
     assert not rank["inputs"].get("artifacts")
     found = upstream(spec, "root", "rank-variants")
     assert "comp-selection-score" in found and "comp-finetune" in found
@@ -155,6 +180,32 @@ def test_ranking_never_sees_a_validation_flight_metric():
     gate_up = upstream(spec, "root", "gate")
     assert {"comp-rank-variants", "comp-pick-winner", "comp-evaluate"} <= gate_up
     assert "gate" in spec["root"]["dag"]["tasks"]["promote"]["dependentTasks"]
+
+
+def test_lofo_ranking_sees_only_folds_of_the_training_flights(tmp_path):
+    """sweep-lofo, traced through the compiled DAG: rank-variants' only input is the
+    lofo-score outputs; every evaluate upstream of it runs inside the lofo-training-flights
+    sub-pipeline (a fold scored on
+    a held-out training flight), none is a variant's own (validation-flight) evaluate, and
+    the folds' configs come from training-fold-configs (which drops the validation flight:
+    test_training_folds_never_contain_the_validation_flight)."""
+    spec, _ = yaml.safe_load_all(compile_pipeline("sweep-lofo", tmp_path / "s.yaml").read_text())
+    assert spec["pipelineInfo"]["name"] == "cloudml-sweep-lofo"
+    rank = spec["root"]["dag"]["tasks"]["rank-variants"]
+    assert set(rank["inputs"]["parameters"]) == {"scores", "ranked_on"}
+    assert rank["inputs"]["parameters"]["ranked_on"]["runtimeValue"]["constant"] == "lofo"
+    sub = "comp-lofo-training-flights"
+    found = {(_base_name(ref), calls) for ref, calls in reached(spec, "root", "rank-variants")}
+    evaluates = [calls for ref, calls in found if ref == "comp-evaluate"]
+    assert evaluates, sorted(found)
+    assert all(sub in calls for calls in evaluates), evaluates  # only the folds' evaluate
+    refs = {ref for ref, _ in found}
+    assert {"comp-training-fold-configs", "comp-lofo-score", sub} <= refs
+    assert "comp-selection-score" not in refs  # ranked on the folds alone
+    # the comparison table shows both scores and the variant's own validation evaluate
+    cmp_found = {(_base_name(r), c) for r, c in reached(spec, "root", "compare-variants")}
+    assert any(r == "comp-evaluate" and sub not in c for r, c in cmp_found)
+    assert "comp-selection-score" in {r for r, _ in cmp_found}
 
 
 def test_lofo_reports_every_fold_and_is_not_gated_by_default(tmp_path):
@@ -221,6 +272,38 @@ def test_folds_hold_out_each_flight_and_move_pretraining_off_it():
         fold_overrides(("30Oct24",), "30Oct24", "30Oct24")
 
 
+def test_training_folds_never_contain_the_validation_flight():
+    flights = ["30Oct24", "04Nov24", "18Feb25", "12Feb25"]
+    cfg = load_config("tuned", {"flights": flights, "validation_flight": "12Feb25"})
+    (base,) = variant_configs(cfg.to_json(), [{"name": "a", "overrides": {}}])
+    folds = [json.loads(c) for c in training_fold_configs(base)]
+    assert [f["preset"] for f in folds] == ["sweep.a.lofo.30Oct24", "sweep.a.lofo.04Nov24",
+                                            "sweep.a.lofo.18Feb25"]  # fmt: skip
+    for f in folds:
+        assert f["flights"] == ["30Oct24", "04Nov24", "18Feb25"]  # no validation flight
+        assert f["validation_flight"] != "12Feb25"
+        assert f["pretrain_flight"] != f["validation_flight"]
+    assert folds[0]["pretrain_flight"] == "04Nov24"  # 30Oct24 held out: pretrain the next
+    assert split_label(folds[1]["preset"]) == ("sweep", "a.lofo.04Nov24")
+    two = load_config("tuned", {"flights": ["30Oct24", "12Feb25"]}).to_json()
+    with pytest.raises(ConfigError, match="at least two training flights besides"):
+        training_fold_configs(two)
+
+
+def test_lofo_score_ranks_on_the_folds_mean():
+    a = ranking.lofo_score("sweep.a", [{"held_out": "x", "r2": 0.1}, {"held_out": "y", "r2": 0.5}])
+    assert a == {"label": "sweep.a", "lofo_r2": pytest.approx(0.3), "lofo_r2_min": 0.1,
+                 "lofo_r2_max": 0.5, "folds": {"x": 0.1, "y": 0.5}}  # fmt: skip
+    b = {**a, "label": "sweep.b", "lofo_r2": 0.4, "selection_r2": -1.0}
+    a = {**a, "selection_r2": 0.9}
+    assert ranking.rank([a, b], "lofo") == ["sweep.b", "sweep.a"]
+    assert ranking.rank([a, b]) == ["sweep.a", "sweep.b"]
+    with pytest.raises(DataError, match="on must be one of"):
+        ranking.rank([a], "validation")
+    with pytest.raises(DataError, match="no leave-one-flight-out folds"):
+        ranking.lofo_score("sweep.c", [])
+
+
 def test_selection_score_reads_the_kept_epoch_and_ranks_on_r2_only():
     hist = [{"epoch": 1, "selection_r2": 0.1, "selection_loss": 0.5},
             {"epoch": 2, "selection_r2": 0.3, "selection_loss": 0.4}]  # fmt: skip
@@ -255,6 +338,22 @@ def test_sweep_rows_keep_the_ranking_and_label_the_validation_columns():
     assert tables.to_csv(rows, tables.SWEEP_COLUMNS).splitlines()[0].split(",") == list(
         tables.SWEEP_COLUMNS
     )
+
+
+def test_sweep_rows_ranked_on_lofo_say_so():
+    scores = {"sweep.a": {"selection_r2": 0.5}, "sweep.b": {"selection_r2": 0.2}}
+    lofo = {"sweep.a": {"lofo_r2": 0.1, "lofo_r2_min": 0.0, "lofo_r2_max": 0.2},
+            "sweep.b": {"lofo_r2": 0.3, "lofo_r2_min": 0.2, "lofo_r2_max": 0.4}}  # fmt: skip
+    rows = tables.sweep_rows(["sweep.b", "sweep.a"], scores, {}, lofo)
+    assert [(r["variant"], r["lofo_r2"], r["ranked_on"]) for r in rows] == [
+        ("b", 0.3, "lofo"), ("a", 0.1, "lofo")]  # fmt: skip
+    page = tables.sweep_html(rows, "12Feb25", "tuned")
+    assert "leave-one-training-flight-out R² (ranked on" in page
+    assert "selection-split R² (members' mean, min-max)</th>" in page  # not "ranked on"
+    assert tables.sweep_ui_metrics(rows)["b_lofo_r2"] == 0.3
+    plain = tables.sweep_rows(["sweep.a"], scores, {})
+    assert plain[0]["ranked_on"] == "selection" and math.isnan(plain[0]["lofo_r2"])
+    assert "leave-one" not in tables.sweep_html(plain, "12Feb25", "tuned")
 
 
 def test_lofo_summary_and_bias_interval():

@@ -37,7 +37,7 @@ from cloudml.config import Config, load_config, parse_overrides, pipeline_keys
 from cloudml.config_cli import add_config_args
 from cloudml.console import Console, capture, format_ending
 from cloudml.errors import CloudMLError, GateFailed
-from cloudml.experiments import BASE_PRESET, is_experiment
+from cloudml.experiments import BASE_PRESET, is_experiment, is_sweep, ranked_on
 from cloudml.fileio import atomic_path, check_output_dir
 from cloudml.gate import (
     DEFAULT_BEAT_BASELINE,
@@ -510,6 +510,7 @@ def _upload_run(run_dir: Path, pipeline: str, run_name: str) -> None:
 # --- experiments (sweep, lofo) ---------------------------------------------------------------
 EXPERIMENT_FILES = {
     "sweep": ("compare-variants", "comparison"),
+    "sweep-lofo": ("compare-variants", "comparison"),
     "lofo": ("lofo-report", "lofo"),
 }
 
@@ -529,8 +530,10 @@ class ExperimentResult:
         """The table, the verdict, the files; the last line is "run folder  <path>"."""
         from cloudml.experiments import tables
 
-        cols = tables.SWEEP_TEXT if self.kind == "sweep" else tables.LOFO_TEXT
-        lines = [f"{self.kind}: {len(self.rows)} {'variants' if self.kind == 'sweep' else 'folds'}"
+        cols = {"sweep": tables.SWEEP_TEXT, "sweep-lofo": tables.SWEEP_LOFO_TEXT}.get(
+            self.kind, tables.LOFO_TEXT
+        )
+        lines = [f"{self.kind}: {len(self.rows)} {'variants' if is_sweep(self.kind) else 'folds'}"
                  f" in {self.seconds:.0f} s", *tables.text_table(self.rows, cols), "",
                  self.verdict]  # fmt: skip
         if self.promotion:
@@ -570,14 +573,17 @@ def run_experiment_local(
     """The sweep or leave-one-flight-out pipeline on the local runner (one model at a time;
     --set changes the base preset tuned). The run folder runs/<kind>-<stamp>/ gets the
     table (HTML, CSV, JSON), metrics.json and, for the sweep, the winner's model."""
-    from cloudml.experiments.folds import fold_configs
+    from cloudml.experiments.folds import fold_configs, training_fold_configs
     from cloudml.experiments.variants import load_variants, variant_configs
 
     cfg = _run_config(BASE_PRESET, overrides, scale)
     extra: dict[str, Any]
-    if kind == "sweep":  # every variant checked before anything runs
+    models = 1  # models trained per variant / fold
+    if is_sweep(kind):  # every variant (and its folds) checked before anything runs
         variants = load_variants(variants_file)
-        variant_configs(cfg.to_json(), variants)
+        for c in variant_configs(cfg.to_json(), variants):
+            if ranked_on(kind) == "lofo":
+                models = 1 + len(training_fold_configs(c))
         extra = {"variants": variants}
     else:
         fold_configs(cfg.to_json())
@@ -586,12 +592,14 @@ def run_experiment_local(
     name, run_dir, root, log_path = _new_run(kind, runs_dir, work_dir)
     arguments = {**pipeline_arguments(cfg, str(data_dir), threshold, min_std_ratio,
                                       beat_baseline, skill_margin), **extra}  # fmt: skip
-    n = len(extra["variants"]) if kind == "sweep" else len(cfg.data.flights)
+    n = len(extra["variants"]) if is_sweep(kind) else len(cfg.data.flights)
+    each = (f" (each: 1 model + {models - 1} folds over its training flights, ranked on "
+            "their mean R²)" if models > 1 else "")  # fmt: skip
     screen = sys.stdout
     screen.write(
         f"cloudml run: pipeline cloudml-{kind} on KFP's local runner, {n} "
-        f"{'variants' if kind == 'sweep' else 'folds'} of preset {BASE_PRESET}, one model at "
-        f"a time\nthe runner's own output goes to {log_path}\n"
+        f"{'variants' if is_sweep(kind) else 'folds'} of preset {BASE_PRESET}{each}, one model "
+        f"at a time\nthe runner's own output goes to {log_path}\n"
     )
     screen.flush()
     task, table = EXPERIMENT_FILES[kind]
@@ -604,7 +612,7 @@ def run_experiment_local(
         with capture(console):
             t0 = time.perf_counter()
             ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale, say=console.say)
-            before = _champion(kind) if kind == "sweep" else None
+            before = _champion("sweep") if is_sweep(kind) else None
             failed = _execute(kind, root, arguments, _cache_root(work_dir) if cache else None)
             if failed is not None:
                 console.task_failed(failed)
@@ -622,7 +630,7 @@ def run_experiment_local(
             record: dict[str, Any] = {"pipeline": kind, "base_preset": BASE_PRESET,
                                       "rows": rows, "config": cfg.flat()}  # fmt: skip
             promotion = ""
-            if kind == "sweep":
+            if is_sweep(kind):
                 passed, verdict, promotion = _sweep_outcome(
                     name, runs[-1], failed, rows, record, before, log_path, root, run_dir
                 )
@@ -684,8 +692,10 @@ def _sweep_outcome(
     )  # fmt: skip
     text = promotion_text("sweep", passed, promote_dir is not None, was, float(got["r2"]),
                           before, _champion("sweep"))  # fmt: skip
-    line = (f"winner {winner['variant']} (ranked on selection-split R² "
-            f"{winner['selection_r2']:.4f}): validation R² {got['r2']:.4f} "
+    ranked = (f"leave-one-training-flight-out R² {winner['lofo_r2']:.4f}"
+              if winner.get("ranked_on") == "lofo"
+              else f"selection-split R² {winner['selection_r2']:.4f}")  # fmt: skip
+    line = (f"winner {winner['variant']} (ranked on {ranked}): validation R² {got['r2']:.4f} "
             f"[95% {got['r2_lo']:.4f}, {got['r2_hi']:.4f}], gate "
             f"{'PASSED' if passed else 'FAILED'}")  # fmt: skip
     record.update({"winner": winner["variant"], "winner_gate_inputs": got, "promoted": was})
@@ -717,7 +727,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(res.ending())
         return 0 if res.passed else GateFailed.exit_code
     if args.variants is not None or args.gate_mean:
-        raise CloudMLError("--variants / --gate-mean: only with --pipeline sweep / lofo")
+        raise CloudMLError(
+            "--variants / --gate-mean: only with --pipeline sweep, sweep-lofo / lofo"
+        )
     res = run_local(
         pipeline=args.preset,
         overrides=args.overrides,
@@ -766,7 +778,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", choices=("local", "full"), default="local",
                    help="local: frames binned down for a CPU (default); full: as recorded")  # fmt: skip
     p.add_argument("--variants", type=Path, default=None, metavar="FILE",
-                   help="--pipeline sweep: a YAML list of {name, overrides} (default: tuned and "
+                   help="--pipeline sweep or sweep-lofo: a YAML list of {name, overrides} (default: tuned and "
                    "the seed's five alternatives, cloudml/experiments/sweep_variants.yaml)")  # fmt: skip
     p.add_argument("--gate-mean", action="store_true",
                    help="--pipeline lofo: fail unless the mean R² over the folds > --threshold")  # fmt: skip

@@ -99,10 +99,13 @@ def run_parameters(
     if threshold is not None:
         params["threshold"] = float(threshold)
     if variants_file is not None:
+        from cloudml.experiments import is_sweep
         from cloudml.experiments.variants import load_variants, variant_configs
 
-        if preset != "sweep":
-            raise ConfigError(f"--variants: only the sweep pipeline takes variants, not {preset}")
+        if not is_sweep(preset):
+            raise ConfigError(
+                f"--variants: only the sweep pipelines (sweep, sweep-lofo) take variants, not {preset}"
+            )
         params["variants"] = load_variants(variants_file)
         variant_configs(load_config(base_preset(preset), extra).to_json(), params["variants"])
     return params
@@ -373,7 +376,7 @@ def add_command(sub: argparse._SubParsersAction) -> None:
     _add_common(p)
     _add_run_args(p)
     p.add_argument("--variants", type=Path, default=None, metavar="FILE",
-                   help="--pipeline sweep: the variants parameter from a YAML list of "
+                   help="--pipeline sweep or sweep-lofo: the variants parameter from a YAML list of "
                    "{name, overrides} (default: the compiled default variants)")  # fmt: skip
     p.set_defaults(func=_cmd_submit)
 

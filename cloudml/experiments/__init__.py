@@ -3,7 +3,8 @@
 Each experiment is many independent trainings of the one train-and-evaluate chain, each on
 its own config. This package holds what is computed about them (no KFP, no I/O beyond the
 variants file): the variants and folds as configs (variants.py, folds.py), the ranking on
-the selection split (ranking.py) and the comparison tables (tables.py).
+the selection split or, in pipeline sweep-lofo, on leave-one-flight-out over the training
+flights (ranking.py) and the comparison tables (tables.py).
 
 Every config an experiment trains is labelled in its `preset` field as
 `<experiment>.<item>` (`sweep.pure_mae`, `lofo.12Feb25`): the stages record it, and the
@@ -14,7 +15,10 @@ from __future__ import annotations
 
 import re
 
-EXPERIMENTS = ("sweep", "lofo")  # the reserved pipeline names
+EXPERIMENTS = ("sweep", "lofo", "sweep-lofo")  # the reserved pipeline names
+# sweep-lofo: the sweep ranked on leave-one-flight-out over the training flights instead of
+# the selection split (its variants are labelled sweep.<name>, like the sweep's)
+SWEEPS = ("sweep", "sweep-lofo")
 BASE_PRESET = "tuned"  # the preset both experiments start from
 LABEL_SEP = "."
 ITEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")  # a bounded label value
@@ -22,6 +26,15 @@ ITEM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")  # a bounded label 
 
 def is_experiment(pipeline: str) -> bool:
     return pipeline in EXPERIMENTS
+
+
+def is_sweep(pipeline: str) -> bool:
+    return pipeline in SWEEPS
+
+
+def ranked_on(pipeline: str) -> str:
+    """What a sweep pipeline ranks its variants on: "selection" or "lofo"."""
+    return "lofo" if pipeline == "sweep-lofo" else "selection"
 
 
 def base_preset(pipeline: str) -> str:

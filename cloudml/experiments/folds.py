@@ -6,6 +6,11 @@ held-out flight) and is scored on the held-out one. When the held-out flight is 
 pretraining (or overweighted) flight, the fold pretrains (overweights) the next flight of
 the campaign order instead: pretraining on the scored flight would leak it into the
 weights, and skipping pretraining would make that fold a different procedure from the rest.
+
+`training_fold_configs` makes the folds the sweep ranks on when asked (pipeline
+`sweep-lofo`): leave-one-flight-out over a variant's TRAINING flights only. The validation
+flight is removed from every fold's `flights`, so no fold trains on, selects on or is
+scored on it; the ranking is the folds' mean R² on their held-out training flights.
 """
 
 from __future__ import annotations
@@ -48,5 +53,26 @@ def fold_configs(base_json: str) -> list[str]:
     folds = fold_overrides(flights, base["pretrain_flight"], base["overweight_flight"])
     return [
         build_config({**base, **over}, preset=item_label("lofo", f)).to_json()
+        for f, over in folds.items()
+    ]
+
+
+def training_fold_configs(config_json: str) -> list[str]:
+    """Leave-one-flight-out over the config's training flights (pure): one validated config
+    JSON per training flight, whose `flights` are the training flights only (the validation
+    flight is in none of them), labelled `<config label>.lofo.<held-out flight>`."""
+    base = json.loads(config_json)
+    label = base.pop("preset", "")
+    held = base["validation_flight"]
+    flights = tuple(f for f in base["flights"] if f != held)
+    if len(flights) < 2:
+        raise ConfigError(
+            f"flights: ranking on leave-one-flight-out needs at least two training flights "
+            f"besides validation flight {held}, got {list(flights)}"
+        )
+    base["flights"] = list(flights)
+    folds = fold_overrides(flights, base["pretrain_flight"], base["overweight_flight"])
+    return [
+        build_config({**base, **over}, preset=f"{label}.lofo.{f}").to_json()
         for f, over in folds.items()
     ]

@@ -6,6 +6,10 @@ is its members' mean selection-split R² at their kept (best) epoch. R² and not
 selection loss: the loss is the variant's own loss function (Huber or MSE/MAE), so losses
 of variants with different losses do not compare. The validation flight's figures reach
 the comparison table in their own columns, after the ranking is fixed.
+
+When asked (pipeline `sweep-lofo`), a variant is ranked instead on leave-one-flight-out over
+its training flights (cloudml.experiments.folds.training_fold_configs): the mean R² of folds
+that each hold out one training flight, none of which contains the validation flight.
 """
 
 from __future__ import annotations
@@ -59,11 +63,33 @@ def read_member(member_dir: str | Path) -> dict[str, float]:
     return {**member_selection(history, summary["best_epoch"]), "seconds": seconds}
 
 
-def rank(scores: list[dict[str, Any]]) -> list[str]:
-    """Labels best first: higher mean selection R² first, NaN last, ties by label (pure)."""
+def lofo_score(label: str, folds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant's leave-one-training-flight-out score from its folds' {held_out, r2}
+    (pure): the mean R² over the held-out training flights ranks (pipeline sweep-lofo)."""
+    if not folds:
+        raise DataError(f"{label}: no leave-one-flight-out folds to score")
+    r2 = [float(f["r2"]) for f in folds]
+    return {
+        "label": label,
+        "lofo_r2": float(sum(r2) / len(r2)),
+        "lofo_r2_min": float(min(r2)),
+        "lofo_r2_max": float(max(r2)),
+        "folds": {f["held_out"]: float(f["r2"]) for f in folds},
+    }
+
+
+RANK_KEYS = {"selection": "selection_r2", "lofo": "lofo_r2"}  # what a sweep ranks on
+
+
+def rank(scores: list[dict[str, Any]], on: str = "selection") -> list[str]:
+    """Labels best first: higher mean selection R² (on="selection") or mean R² over the
+    held-out training flights (on="lofo") first, NaN last, ties by label (pure)."""
+    if on not in RANK_KEYS:
+        raise DataError(f"ranking: on must be one of {sorted(RANK_KEYS)}, got {on!r}")
+    field = RANK_KEYS[on]
 
     def key(s: dict[str, Any]) -> tuple[bool, float, str]:
-        r2 = float(s["selection_r2"])
+        r2 = float(s[field])
         return (math.isnan(r2), -r2 if not math.isnan(r2) else 0.0, s["label"])
 
     labels = [s["label"] for s in scores]

@@ -37,18 +37,25 @@ def bias_interval(y_true: np.ndarray, y_pred: np.ndarray, seed: int = 0) -> tupl
 SWEEP_COLUMNS = (
     "rank", "variant", "selection_r2", "selection_r2_min", "selection_r2_max",
     "selection_loss", "val_r2", "val_r2_lo", "val_r2_hi", "val_mae_km", "val_mae_km_lo",
-    "val_mae_km_hi", "val_bias_km", "val_n", "train_seconds", "winner",
+    "val_mae_km_hi", "val_bias_km", "val_n", "train_seconds", "lofo_r2", "lofo_r2_min",
+    "lofo_r2_max", "ranked_on", "winner",
 )  # fmt: skip
 
 
 def sweep_rows(
-    order: list[str], scores: dict[str, dict[str, Any]], validation: dict[str, dict[str, Any]]
+    order: list[str],
+    scores: dict[str, dict[str, Any]],
+    validation: dict[str, dict[str, Any]],
+    lofo: dict[str, dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per variant in rank order: the selection-split figures it was ranked on,
-    then the validation flight's (their own columns, not used for ranking), training time."""
+    """One row per variant in rank order: the selection-split figures, the validation
+    flight's (their own columns, not used for ranking), training time, and with `lofo` (the
+    sweep-lofo pipeline) the leave-one-training-flight-out figures it was ranked on instead;
+    `ranked_on` says which."""
     rows = []
     for i, label in enumerate(order, 1):
         s, v = scores[label], validation.get(label, {})
+        lf = (lofo or {}).get(label, {})
         rows.append({
             "rank": i, "variant": label.split(".", 1)[-1],
             **{k: _f(s.get(k)) for k in ("selection_r2", "selection_r2_min",
@@ -56,7 +63,8 @@ def sweep_rows(
             **{f"val_{k}": _f(v.get(k)) for k in ("r2", "r2_lo", "r2_hi", "mae_km",
                                                   "mae_km_lo", "mae_km_hi", "bias_km")},
             "val_n": int(v.get("n", 0)), "train_seconds": _f(s.get("train_seconds")),
-            "winner": i == 1,
+            **{k: _f(lf.get(k)) for k in ("lofo_r2", "lofo_r2_min", "lofo_r2_max")},
+            "ranked_on": "selection" if lofo is None else "lofo", "winner": i == 1,
         })  # fmt: skip
     return rows
 
@@ -66,6 +74,8 @@ def sweep_ui_metrics(rows: list[dict[str, Any]]) -> dict[str, float]:
     R² (not used for ranking)."""
     out: dict[str, float] = {}
     for r in rows:
+        if r["ranked_on"] == "lofo":
+            out[f"{r['variant']}_lofo_r2"] = r["lofo_r2"]
         out[f"{r['variant']}_selection_r2"] = r["selection_r2"]
         out[f"{r['variant']}_val_r2_not_ranked"] = r["val_r2"]
     return out
@@ -111,6 +121,8 @@ def lofo_ui_metrics(rows: list[dict[str, Any]], summary: dict[str, float]) -> di
 SWEEP_TEXT = (("rank", "rank"), ("variant", "variant"), ("selection_r2", "sel R² (ranked)"),
               ("val_r2", f"val R² ({NOT_RANKED})"), ("val_mae_km", "val MAE km"),
               ("train_seconds", "train s"))  # fmt: skip
+SWEEP_LOFO_TEXT = (SWEEP_TEXT[:2] + (("lofo_r2", "LOFO R² (ranked)"),
+                   ("selection_r2", "sel R²")) + SWEEP_TEXT[3:])  # fmt: skip
 LOFO_TEXT = (("held_out", "held out"), ("pretrain_flight", "pretrained on"), ("r2", "R²"),
              ("r2_lo", "R² lo"), ("r2_hi", "R² hi"), ("mae_km", "MAE km"),
              ("bias_km", "bias km"), ("n", "n"))  # fmt: skip
@@ -153,18 +165,28 @@ def _iv(r: dict[str, Any], k: str) -> str:
 
 
 def sweep_html(rows: list[dict[str, Any]], flight: str, base: str) -> str:
-    """The comparison page: ranked on the selection split; the validation flight's figures
-    in their own columns, labelled as not used for ranking."""
+    """The comparison page: ranked on the selection split, or (sweep-lofo) on
+    leave-one-flight-out over the training flights; the validation flight's figures in their
+    own columns, labelled as not used for ranking."""
+    on_lofo = bool(rows) and rows[0]["ranked_on"] == "lofo"
+    sel_head = "members' mean, min-max" + ("" if on_lofo else "; ranked on")
     head = (
-        "<tr><th>rank</th><th>variant</th><th>selection-split R² (ranked on; members' mean, "
-        "min-max)</th><th>selection loss (own loss function)</th>"
+        "<tr><th>rank</th><th>variant</th>"
+        + ("<th>leave-one-training-flight-out R² (ranked on; folds' mean, min-max)</th>"
+           if on_lofo else "")
+        + f"<th>selection-split R² ({sel_head})</th><th>selection loss (own loss function)</th>"
         f"<th>validation {html.escape(flight)} R² [95%] ({NOT_RANKED})</th>"
         f"<th>validation MAE km [95%] ({NOT_RANKED})</th><th>validation bias km</th>"
         "<th>n</th><th>training s (all members)</th></tr>"
-    )
+    )  # fmt: skip
+
+    def lofo_cell(r: dict[str, Any]) -> str:
+        return (f"<td>{_cell(r['lofo_r2'])} ({_cell(r['lofo_r2_min'])}-"
+                f"{_cell(r['lofo_r2_max'])})</td>") if on_lofo else ""  # fmt: skip
+
     body = "".join(
         f"<tr{BOLD if r['winner'] else ''}><td>{r['rank']}</td>"
-        f"<td>{_cell(r['variant'])}{' (winner)' if r['winner'] else ''}</td>"
+        f"<td>{_cell(r['variant'])}{' (winner)' if r['winner'] else ''}</td>{lofo_cell(r)}"
         f"<td>{_cell(r['selection_r2'])} ({_cell(r['selection_r2_min'])}-"
         f"{_cell(r['selection_r2_max'])})</td><td>{_cell(r['selection_loss'])}</td>"
         f"<td>{_iv(r, 'val_r2')}</td><td>{_iv(r, 'val_mae_km')}</td>"
@@ -172,12 +194,18 @@ def sweep_html(rows: list[dict[str, Any]], flight: str, base: str) -> str:
         f"<td>{_cell(r['train_seconds'])}</td></tr>"
         for r in rows
     )
+    ranked = (
+        "Ranked on leave-one-flight-out over the training flights (each fold holds out one "
+        "training flight and is scored on it; no fold contains the validation flight)"
+        if on_lofo
+        else "Ranked on the selection split (the time-ordered tail of every training flight, "
+        "the split finetune picks its epoch on)"
+    )
     return _page(
         "CloudML sweep: variant comparison",
-        f"<p>Variants are overrides of preset {html.escape(base)}. Ranked on the selection "
-        "split (the time-ordered tail of every training flight, the split finetune picks its "
-        f"epoch on); validation flight {html.escape(flight)} is shown beside it and was "
-        "not used for ranking. The winner goes through the gate and promotion.</p>",
+        f"<p>Variants are overrides of preset {html.escape(base)}. {ranked}; validation flight "
+        f"{html.escape(flight)} is shown beside it and was not used for ranking. The winner "
+        "goes through the gate and promotion.</p>",
         head + body,
     )
 

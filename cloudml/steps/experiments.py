@@ -18,7 +18,7 @@ import numpy as np
 
 from cloudml.errors import DataError, GateFailed
 from cloudml.experiments import BASE_PRESET, ranking, tables
-from cloudml.experiments.folds import fold_configs
+from cloudml.experiments.folds import fold_configs, training_fold_configs
 from cloudml.experiments.variants import variant_configs
 from cloudml.fileio import atomic_path, write_json
 from cloudml.steps.common import JSON_OPTIONS, config_from_json
@@ -32,6 +32,25 @@ def run_sweep_configs(config_json: str, variants: list[dict[str, Any]]) -> list[
 def run_lofo_configs(config_json: str) -> list[str]:
     """The base config -> one config JSON per held-out flight."""
     return fold_configs(config_json)
+
+
+def run_training_fold_configs(config_json: str) -> list[str]:
+    """A variant's config -> one config JSON per held-out TRAINING flight (sweep-lofo)."""
+    return training_fold_configs(config_json)
+
+
+def run_lofo_score(config_json: str, evaluation_dirs: list[str]) -> str:
+    """One variant's leave-one-training-flight-out score (cloudml.experiments.ranking) as
+    JSON, from its folds' evaluations (each scored on its held-out training flight)."""
+    label = config_from_json(config_json).preset
+    evals = _by_label(evaluation_dirs)
+    folds = []
+    for fold_label, d in sorted(evals.items()):
+        cfg = json.loads((d / "config.json").read_text())
+        if not fold_label.startswith(f"{label}.lofo."):
+            raise DataError(f"{label}: collected fold {fold_label} belongs to another variant")
+        folds.append({"held_out": cfg["validation_flight"], "r2": _metrics(d)["r2"]})
+    return json.dumps(ranking.lofo_score(label, folds), sort_keys=True)
 
 
 def run_member_config(config_json: str, seed: int) -> str:
@@ -49,9 +68,10 @@ def run_selection_score(config_json: str, member_dirs: list[str]) -> str:
     return json.dumps(ranking.selection_score(label, members), sort_keys=True)
 
 
-def run_rank(scores: list[str]) -> str:
-    """The winning label. Its only inputs are the selection-split scores."""
-    return ranking.rank([json.loads(s) for s in scores])[0]
+def run_rank(scores: list[str], on: str = "selection") -> str:
+    """The winning label. Its only inputs are the scores it ranks on: the selection-split
+    scores, or (on="lofo") the leave-one-training-flight-out scores."""
+    return ranking.rank([json.loads(s) for s in scores], on)[0]
 
 
 def _by_label(dirs: list[str]) -> dict[str, Path]:
@@ -73,18 +93,27 @@ def _metrics(d: Path) -> dict[str, Any]:
 
 
 def run_compare(
-    scores: list[str], evaluation_dirs: list[str], csv_dir: Path, html_path: Path
+    scores: list[str],
+    evaluation_dirs: list[str],
+    csv_dir: Path,
+    html_path: Path,
+    lofo_scores: list[str] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-    """The comparison table (rows in rank order) as comparison.csv / comparison.json in
-    csv_dir and an HTML page; returns (rows, the KFP Metrics scalars)."""
+    """The comparison table (rows in rank order: on the selection scores, or on
+    `lofo_scores` when given) as comparison.csv / comparison.json in csv_dir and an HTML
+    page; returns (rows, the KFP Metrics scalars)."""
     parsed = {s["label"]: s for s in map(json.loads, scores)}
-    order = ranking.rank(list(parsed.values()))
+    lofo = None if lofo_scores is None else {s["label"]: s for s in map(json.loads, lofo_scores)}
+    if lofo is not None and set(lofo) != set(parsed):
+        raise DataError(f"comparison: LOFO scores of {sorted(lofo)}, selection scores of "
+                        f"{sorted(parsed)}")  # fmt: skip
+    order = ranking.rank(list((lofo or parsed).values()), "selection" if lofo is None else "lofo")
     evals = _by_label(evaluation_dirs)
     missing = sorted(set(order) - set(evals))
     if missing:
         raise DataError(f"comparison: no evaluation of {missing}")
     validation = {label: _metrics(evals[label]) for label in order}
-    rows = tables.sweep_rows(order, parsed, validation)
+    rows = tables.sweep_rows(order, parsed, validation, lofo)
     cfg = json.loads((evals[order[0]] / "config.json").read_text())
     _write_table(Path(csv_dir), "comparison", rows, tables.SWEEP_COLUMNS)
     with atomic_path(Path(html_path)) as tmp:
