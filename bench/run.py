@@ -8,8 +8,8 @@ Sections (each runnable alone with --only; the others keep their last results):
   loader  bench/loader_bench.py: production loader vs research-style reread loader;
   train   bench/train_bench.py per scale and allocator in subprocesses (samples/s, peak RSS
           via wait4), bench/mfu.py for FLOPs/sample and the fp32 matmul ceiling;
-  e2e     wall time of `make run PIPELINE=tuned` (per-stage seconds from the run folder's
-          metrics.json) and of `make test`.
+  e2e     wall time of `make run PIPELINE=tuned` with the default ensemble and with one
+          member (per-stage seconds from the run folder's metrics.json) and of `make test`.
 Children run under jemalloc (the shipped setting, Makefile RUN_ENV) unless a figure says
 glibc. --quick shrinks every section for a smoke test and does not time make run/test.
 Writes build/bench/results.json and docs/benchmarks.md (atomically).
@@ -211,6 +211,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "loader_speedup_vs_reread": ld.get("speedup_vs_reread"),
         "train_full_cpu_mfu": tr.get("full_jemalloc_mfu"),
         "make_run_tuned_wall_s": e2e.get("make_run_tuned_wall_s"),
+        "make_run_tuned_single_stages_s": e2e.get("make_run_tuned_single_stages_s"),
         "make_test_wall_s": e2e.get("make_test_wall_s"),
     }
 

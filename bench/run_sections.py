@@ -130,9 +130,29 @@ def stage_seconds(metrics: dict[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in sec.items()}
 
 
+def _timed_make_runs(repeats: int, extra: list[str], tag: str) -> tuple[list[float], list[dict]]:
+    """`make run PIPELINE=tuned [extra]` `repeats` times: wall seconds and per-stage seconds."""
+    runs_dir = REPO / "runs"
+    walls, stages = [], []
+    for i in range(repeats):
+        t0 = time.time()
+        res = run_child(["make", "run", "PIPELINE=tuned", *extra], dict(os.environ),
+                        f"make-run-{tag}-{i}", stream=True)  # fmt: skip
+        d = newest_run_dir(runs_dir, "tuned", after=t0)
+        if d is None:
+            raise RuntimeError(
+                f"make run PIPELINE=tuned {extra} left no run folder (rc {res['rc']})"
+            )
+        walls.append(res["wall_s"])
+        stages.append(stage_seconds(json.loads((d / "metrics.json").read_text())))
+        stages[-1]["_gate_rc"] = res["rc"]
+    return walls, stages
+
+
 def bench_e2e(repeats: int, quick: bool) -> dict[str, Any]:
-    """Section e2e: wall time of `make run PIPELINE=tuned` (stages from its metrics.json)
-    and of `make test`; quick mode times nothing and reads the newest existing run."""
+    """Section e2e: wall time of `make run PIPELINE=tuned` with the default ensemble and
+    with one member (SET=ensemble_size=1; stages from its metrics.json) and of `make test`;
+    quick mode times nothing and reads the newest existing run."""
     runs_dir = REPO / "runs"
     out: dict[str, Any] = {}
     if quick:  # no timing in quick mode: read the newest existing run so the parsing is checked
@@ -142,23 +162,18 @@ def bench_e2e(repeats: int, quick: bool) -> dict[str, Any]:
                                    "stages_s": stage_seconds(json.loads((d / "metrics.json").read_text()))}  # fmt: skip
         out["note"] = "quick mode: make run / make test not timed"
         return out
-    walls, stages = [], []
-    for i in range(repeats):
-        t0 = time.time()
-        res = run_child(
-            ["make", "run", "PIPELINE=tuned"], dict(os.environ), f"make-run-{i}", stream=True
-        )
-        d = newest_run_dir(runs_dir, "tuned", after=t0)
-        if d is None:
-            raise RuntimeError(f"make run PIPELINE=tuned left no run folder (rc {res['rc']})")
-        walls.append(res["wall_s"])
-        stages.append(stage_seconds(json.loads((d / "metrics.json").read_text())))
-        stages[-1]["_gate_rc"] = res["rc"]
+    walls, stages = _timed_make_runs(repeats, [], "ensemble")
     out["make_run_tuned_wall_s"] = figure(walls, "s", "make run PIPELINE=tuned")
     keys = [k for k in stages[0] if not k.startswith("_")]
     out["stages_s"] = {k: figure([s[k] for s in stages if k in s], "s", "make run PIPELINE=tuned")
                        for k in keys}  # fmt: skip
     out["make_run_rc"] = [s["_gate_rc"] for s in stages]
+    walls1, stages1 = _timed_make_runs(repeats, ["SET=ensemble_size=1"], "single")
+    cmd1 = "make run PIPELINE=tuned SET=ensemble_size=1"
+    out["make_run_tuned_single_wall_s"] = figure(walls1, "s", cmd1)
+    out["make_run_tuned_single_stages_s"] = figure(
+        [sum(v for k, v in st.items() if not k.startswith("_")) for st in stages1], "s", cmd1
+    )
     walls = []
     rcs = []
     for i in range(repeats):

@@ -242,3 +242,19 @@ def test_bench_train_plan_extrapolates_memory_and_shrinks_batch(monkeypatch):
     out = bench_run.bench_train(repeats=1, quick=False, full_batch=20, full_repeats=1)
     assert out["full_batch"] == 20
     assert ("full", 20) in [c[:2] for c in calls]
+
+
+def test_e2e_section_states_the_three_time_goals():
+    import doc_sections
+
+    fig = lambda v: common.figure([v], "s", "make run")  # noqa: E731
+    e2e = {"make_run_tuned_wall_s": fig(905.0), "stages_s": {"pretrain": fig(230.0)},
+           "make_run_tuned_single_wall_s": fig(250.0),
+           "make_run_tuned_single_stages_s": fig(238.0), "make_test_wall_s": fig(600.0)}  # fmt: skip
+    text = "\n".join(doc_sections.e2e_lines(e2e))
+    assert "< 15 min: MISSED" in text  # 905 s with the default ensemble
+    assert "<= 4 min: met" in text  # one member's stages
+    assert text.count(": met") == 2  # and make test under 15 minutes
+    assert doc_sections.goal(900.0, "<", 900, "x") == "x: MISSED"
+    with pytest.raises(ValueError, match="op must be one of"):
+        doc_sections.goal(1.0, ">", 0, "x")
