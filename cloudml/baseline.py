@@ -8,6 +8,11 @@ intervals, and the gate requires the CNN to beat it (cloudml.gate).
     model = fit_baseline([shard_a, shard_b, ...])          # training flights only
     km = model.predict(validation_shard)
 
+`fit_baseline` takes any iterable of shards and keeps only their features, so evaluate
+passes a generator that reads one training shard at a time: at full size a shard's frame
+table is ~1.4 GB, and its centre frames in float64 about twice that again, so holding every
+training flight at once would set evaluate's memory by the campaign's size.
+
 Features (per sample, from the preprocessed centre frame of its window): mean, std, min,
 max, the 10/25/50/75/90th percentiles, centre minus border (the mean of the central half
 of the frame minus the mean of the rest), plus sza, cos(saa), sin(saa). Standardised with
@@ -16,6 +21,7 @@ the training samples' mean and std; closed-form ridge (numpy, deterministic).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,6 +30,7 @@ from cloudml.data.shard import Shard
 from cloudml.errors import DataError
 
 RIDGE_ALPHA = 1.0  # on standardised features; with ~1000 samples it barely regularises
+FEATURE_CHUNK = 64  # samples whose centre frames are converted to float64 at once
 FEATURES = (
     "mean", "std", "min", "max", "p10", "p25", "p50", "p75", "p90", "centre_minus_border",
     "sza", "cos_saa", "sin_saa",
@@ -46,10 +53,17 @@ def frame_features(frames: np.ndarray, sza_deg: np.ndarray, saa_deg: np.ndarray)
     return np.stack(cols, axis=1)
 
 
-def shard_features(shard: Shard) -> np.ndarray:
-    """frame_features of every sample of a shard (centre frame of each window)."""
+def shard_features(shard: Shard, chunk: int = FEATURE_CHUNK) -> np.ndarray:
+    """frame_features of every sample of a shard (centre frame of each window), `chunk`
+    samples at a time: the same values as one call, without a float64 copy of every
+    centre frame (each sample's features depend on its own frame only)."""
     centre = shard.frame_index[:, shard.temporal_frames // 2]
-    return frame_features(shard.frame_table[centre], shard.sza_deg, shard.saa_deg)
+    parts = [
+        frame_features(shard.frame_table[centre[i : i + chunk]], shard.sza_deg[i : i + chunk],
+                       shard.saa_deg[i : i + chunk])
+        for i in range(0, len(centre), chunk)
+    ]  # fmt: skip
+    return np.concatenate(parts) if parts else np.zeros((0, len(FEATURES)))
 
 
 @dataclass(frozen=True)
@@ -78,14 +92,20 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, alpha: float = RIDGE_ALPHA) -> tuple
     return mean, scale, coef, intercept
 
 
-def fit_baseline(shards: list[Shard], alpha: float = RIDGE_ALPHA) -> RidgeBaseline:
-    """Ridge on every sample of `shards` (the training flights; never the validation one)."""
-    if not shards or sum(len(s) for s in shards) < len(FEATURES) + 1:
+def fit_baseline(shards: Iterable[Shard], alpha: float = RIDGE_ALPHA) -> RidgeBaseline:
+    """Ridge on every sample of `shards` (the training flights; never the validation one).
+    Each shard is dropped once its features are taken: a generator of shards keeps one in
+    memory at a time."""
+    xs, ys, flights = [], [], []
+    for s in shards:
+        xs.append(shard_features(s))
+        ys.append(np.asarray(s.cbh_km, dtype=np.float64))
+        flights.append(s.flight)
+        del s
+    n = sum(len(y) for y in ys)
+    if n < len(FEATURES) + 1:
         raise DataError(
-            f"baseline: {sum(len(s) for s in shards)} training samples in "
-            f"{[s.flight for s in shards]}, need at least {len(FEATURES) + 1}"
+            f"baseline: {n} training samples in {flights}, need at least {len(FEATURES) + 1}"
         )
-    x = np.concatenate([shard_features(s) for s in shards])
-    y = np.concatenate([np.asarray(s.cbh_km, dtype=np.float64) for s in shards])
-    mean, scale, coef, intercept = fit_ridge(x, y, alpha)
-    return RidgeBaseline(mean, scale, coef, intercept, tuple(s.flight for s in shards))
+    mean, scale, coef, intercept = fit_ridge(np.concatenate(xs), np.concatenate(ys), alpha)
+    return RidgeBaseline(mean, scale, coef, intercept, tuple(flights))

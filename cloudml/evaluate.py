@@ -141,7 +141,8 @@ def baseline_summary(y: np.ndarray, training_shards: dict[str, Path], val_shard:
     from cloudml.baseline import FEATURES, fit_baseline
     from cloudml.data.shard import read_shard
 
-    model = fit_baseline([read_shard(p) for _, p in sorted(training_shards.items())])
+    # one training shard in memory at a time (cloudml.baseline)
+    model = fit_baseline(read_shard(p) for _, p in sorted(training_shards.items()))
     p = model.predict(val_shard)
     desc = f"ridge on {len(FEATURES) - 3} centre-frame statistics + sza, cos/sin saa"
     return {"model": desc, "flights": list(model.flights), **with_interval(y, p)}, p

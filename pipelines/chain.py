@@ -46,6 +46,13 @@ RETRY = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0,
          "backoff_max_duration": "1800s"}  # fmt: skip
 CPU_TASK = {"cpu": "2", "memory": "8Gi"}
 GPU_TASK = {"cpu": "4", "memory": "32Gi"}
+# evaluate at full size holds the validation flight twice (its pool and its shard, ~1.4 GB
+# each for ~1300 frames of 440x640 float32), one training shard at a time for the ridge
+# baseline (cloudml.baseline: 0.94 GiB peak for four 0.54 GB shards, measured; 4.79 GiB
+# when every shard was held at once) and the torch/CUDA runtime: ~6 GiB, so 16Gi, not the
+# training tasks' 32Gi. The GPU stays: K members' forward passes over a full-size flight
+# are tens of TFLOP, minutes on a node's CPUs.
+EVAL_TASK = {"cpu": "4", "memory": "16Gi"}
 SMALL_TASK = {"cpu": "500m", "memory": "512Mi"}
 
 
@@ -72,11 +79,11 @@ def on_cpu(task: dsl.PipelineTask, res: dict[str, str]) -> dsl.PipelineTask:
     return task.set_env_variable("CLOUDML_CPU_REQUEST", str(threads_for(res["cpu"])))
 
 
-def on_gpu(task: dsl.PipelineTask) -> dsl.PipelineTask:
-    """One GPU, the GPU pool's node selector and toleration."""
+def on_gpu(task: dsl.PipelineTask, res: dict[str, str] = GPU_TASK) -> dsl.PipelineTask:
+    """One GPU, the GPU pool's node selector and toleration, CPU and memory `res`."""
     pool = platform.gpu_pool()
     task.set_accelerator_type("nvidia.com/gpu").set_accelerator_limit(pool.gpus_per_task)
-    on_cpu(task, GPU_TASK)
+    on_cpu(task, res)
     kubernetes.add_node_selector(task, pool.label_key, pool.label_value)
     kubernetes.add_toleration(
         task, key=pool.taint_key, operator="Equal", value=pool.taint_value, effect=pool.taint_effect
@@ -199,7 +206,7 @@ def build_train_evaluate(retry: dict[str, Any] | None, parallelism: int):
             skill_margin=skill_margin,
             run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
         )
-        with_env(on_gpu(retried(ev.set_display_name("evaluate"), retry)))
+        with_env(on_gpu(retried(ev.set_display_name("evaluate"), retry), EVAL_TASK))
         sel = selection_score(config_json=config_json, members=members.output)
         on_cpu(sel.set_display_name("selection-score"), SMALL_TASK)
         return TrainEvaluateOutputs(

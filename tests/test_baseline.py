@@ -43,3 +43,37 @@ def test_baseline_uses_the_centre_frame_and_is_deterministic():
 def test_too_few_training_samples_is_a_data_error():
     with pytest.raises(DataError, match="baseline: 5 training samples"):
         fit_baseline([make_shard("30Oct24", n=5, seed=0)])
+
+
+def test_features_in_chunks_equal_one_call():
+    val = make_shard("12Feb25", n=40, seed=3)
+    centre = val.frame_index[:, val.temporal_frames // 2]
+    whole = frame_features(val.frame_table[centre], val.sza_deg, val.saa_deg)
+    for chunk in (1, 7, 40, 1000):  # a partial last chunk, one sample, bigger than the shard
+        np.testing.assert_array_equal(shard_features(val, chunk=chunk), whole)
+
+
+def test_a_generator_of_shards_is_held_one_at_a_time():
+    """evaluate passes a generator that reads each training shard: fit_baseline must not
+    keep a shard alive once its features are taken (else every flight is in memory)."""
+    import gc
+    import weakref
+
+    alive: list[int] = []
+    refs: list[weakref.ref] = []
+
+    def shards():
+        for i, f in enumerate(["30Oct24", "04Nov24", "18Feb25"]):
+            gc.collect()
+            alive.append(sum(r() is not None for r in refs))  # earlier shards still alive
+            s = make_shard(f, n=30, seed=i)
+            refs.append(weakref.ref(s))
+            yield s
+            del s
+
+    model = fit_baseline(shards())
+    assert model.flights == ("30Oct24", "04Nov24", "18Feb25")
+    assert alive == [0, 0, 0]
+    listed = fit_baseline([make_shard(f, n=30, seed=i)
+                           for i, f in enumerate(["30Oct24", "04Nov24", "18Feb25"])])  # fmt: skip
+    np.testing.assert_array_equal(model.coef, listed.coef)

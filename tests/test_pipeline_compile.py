@@ -178,6 +178,21 @@ def test_resolve_config_component_takes_every_config_key(compiled):
     assert set(pipeline_keys()) == set(_config_keys()) - SINGLE_VALUE_KEYS
 
 
+def test_evaluate_asks_for_less_memory_than_training(compiled):
+    """Sized from what each task holds (pipelines/chain.py, EVAL_TASK): evaluate reads one
+    training shard at a time for its baseline, training holds every training flight."""
+    from pipelines.chain import EVAL_TASK, GPU_TASK
+
+    _, spec, _, _ = compiled
+    executors = spec["deploymentSpec"]["executors"]
+    asked = {name: executors[f"exec-{name}"]["container"]["resources"]["resourceMemoryRequest"]
+             for name in GPU_TASKS}  # fmt: skip
+    assert asked == {"pretrain": GPU_TASK["memory"], "finetune": GPU_TASK["memory"],
+                     "evaluate": EVAL_TASK["memory"]}  # fmt: skip
+    gib = {k: float(v.removesuffix("Gi")) for k, v in asked.items()}
+    assert gib["evaluate"] < gib["finetune"]
+
+
 def test_gpu_placement_only_on_training_and_evaluation(compiled):
     _, spec, plat, _ = compiled
     executors = spec["deploymentSpec"]["executors"]
