@@ -195,7 +195,8 @@ def evaluate(
     checkpoints = [Path(c) for c in (checkpoint if isinstance(checkpoint, list) else [checkpoint])]
     ens = from_checkpoints(checkpoints)
     _check_frames(ens, cfg, checkpoints[0])
-    pool = load_pool({flight: Path(shard)}, [flight], ens.temporal_frames)
+    val_shard = read_shard(Path(shard))  # once: the pool and the baseline share it
+    pool = load_pool({flight: val_shard}, [flight], ens.temporal_frames)
     y = pool.cbh_km
     members_km = ens.predict_pool(pool)
     p = members_km.mean(axis=0)
@@ -216,7 +217,7 @@ def evaluate(
             raise DataError(
                 f"baseline: the validation flight {flight} is among the training shards"
             )
-        m["baseline"], cols["baseline_km"] = baseline_summary(y, training_shards, read_shard(shard))
+        m["baseline"], cols["baseline_km"] = baseline_summary(y, training_shards, val_shard)
         m["baseline_r2"] = m["baseline"]["r2"]
     hist = {k: json.loads(Path(v).read_text()) for k, v in (histories or {}).items()}
     out_dir.mkdir(parents=True, exist_ok=True)

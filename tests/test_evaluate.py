@@ -1,5 +1,6 @@
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,3 +132,25 @@ def test_the_baseline_never_fits_on_the_validation_flight(trained):
     with pytest.raises(DataError, match="validation flight 12Feb25 is among the training shards"):
         evaluate(shards["12Feb25"], tmp / "pre" / "model.pt", cfg, tmp / "leak",
                  training_shards={"12Feb25": shards["12Feb25"]})  # fmt: skip
+
+
+def test_evaluate_reads_each_shard_once(trained, monkeypatch):
+    """No work twice: the validation shard feeds both the pool and the baseline."""
+    from collections import Counter
+
+    import cloudml.data.shard as shard_mod
+    import cloudml.training.data as data_mod
+
+    tmp, shards, cfg = trained
+    reads: Counter = Counter()
+    real = shard_mod.read_shard
+
+    def counted(path):
+        reads[Path(path).name] += 1
+        return real(path)
+
+    monkeypatch.setattr(shard_mod, "read_shard", counted)
+    monkeypatch.setattr(data_mod, "read_shard", counted)
+    evaluate(shards["12Feb25"], tmp / "pre" / "model.pt", cfg, tmp / "once",
+             training_shards={"30Oct24": shards["30Oct24"]})  # fmt: skip
+    assert reads == {Path(shards["12Feb25"]).name: 1, Path(shards["30Oct24"]).name: 1}

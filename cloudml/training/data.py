@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 import torch
 
-from cloudml.data.shard import read_shard
+from cloudml.data.shard import Shard, read_shard
 from cloudml.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -76,14 +76,20 @@ def shards_from_paths(paths: list[str]) -> dict[str, Path]:
     return out
 
 
-def load_pool(shards: dict[str, Path], flights: list[str], temporal_frames: int) -> Pool:
-    """Read the shards of `flights` once into a Pool; checks flight names and window length."""
+def load_pool(shards: dict[str, Path | Shard], flights: list[str], temporal_frames: int) -> Pool:
+    """Read the shards of `flights` once into a Pool; checks flight names and window length.
+    A value that is already a Shard is used as it is (evaluate reads the validation shard
+    once for the pool and the baseline); a single flight's frames are not copied."""
     parts, offset = [], 0
     for code, name in enumerate(flights):
         if name not in shards:
             raise DataError(f"no shard given for flight {name} (got: {', '.join(sorted(shards))})")
-        path = Path(shards[name])
-        s = read_shard(path)
+        given = shards[name]
+        if isinstance(given, Shard):
+            s, path = given, f"shard of {given.flight}"
+        else:
+            path = Path(given)
+            s = read_shard(path)
         if s.flight != name:
             raise DataError(f"{path}: holds flight {s.flight!r}, expected {name!r}")
         if s.temporal_frames != temporal_frames:
@@ -105,7 +111,10 @@ def load_pool(shards: dict[str, Path], flights: list[str], temporal_frames: int)
             s.frame_table.shape[0],
             *s.frame_shape,
         )
-    cat = np.concatenate
+
+    def cat(xs: list[np.ndarray]) -> np.ndarray:
+        return xs[0] if len(xs) == 1 else np.concatenate(xs)
+
     return Pool(
         flights=list(flights),
         frames=torch.from_numpy(cat([p[0] for p in parts]).astype(np.float32, copy=False)),
