@@ -19,6 +19,7 @@ import sys
 from typing import NamedTuple
 
 from cloudml import __version__
+from cloudml.allocator import reexec_under_jemalloc
 from cloudml.errors import (
     EXIT_BROKEN_PIPE,
     EXIT_ERROR,
@@ -51,6 +52,8 @@ ENV_VARS: dict[str, str] = {
     "also sets OMP_NUM_THREADS unless that is set",
     "CLOUDML_CPU_REQUEST": "set per task by the pipeline: caps the threads at the CPUs the "
     "task requested (a machine with fewer CPUs gives fewer)",
+    "CLOUDML_NO_JEMALLOC": "1: stay on glibc malloc (by default cloudml restarts itself once "
+    "with jemalloc preloaded when it is installed; CPU training is faster under it)",
     "TORCH_WHEELS": "run --runner container: a directory with the torch wheel for the image "
     "build (default: the first of PIP_FIND_LINKS; none: PyTorch's CPU index)",
     "PIP_FIND_LINKS": "run --runner container: where pip finds local wheels (the image build "
@@ -103,23 +106,24 @@ COMMANDS: dict[str, Command] = {
         "run a pipeline on KFP's local runner (embedded default)",
         _STORE
         + ("PUSHGATEWAY_URL", "CLOUDML_COMMIT", "CLOUDML_THREADS", "CLOUDML_CPU_REQUEST")
+        + ("CLOUDML_NO_JEMALLOC",)
         + ("TORCH_WHEELS", "PIP_FIND_LINKS")
         + _IMAGES,
     ),
     "pretrain": Command(
         "cloudml.training.stages",
         "train on the pretrain flight",
-        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST"),
+        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST", "CLOUDML_NO_JEMALLOC"),
     ),
     "finetune": Command(
         "cloudml.training.stages",
         "finetune on all training flights",
-        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST"),
+        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST", "CLOUDML_NO_JEMALLOC"),
     ),
     "evaluate": Command(
         "cloudml.evaluate",
         "metrics of a checkpoint on the validation flight",
-        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST"),
+        ("CLOUDML_THREADS", "CLOUDML_CPU_REQUEST", "CLOUDML_NO_JEMALLOC"),
     ),
     "synth": Command(
         "cloudml.data.synth", "write the synthetic six-flight campaign in the raw layout"
@@ -213,6 +217,9 @@ def _stdout_closed() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the process's own command line (not a call from Python code or a test)
+        # under jemalloc however it was started (cloudml.allocator); returns when it already is
+        reexec_under_jemalloc(["-m", "cloudml", *sys.argv[1:]])
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser(chosen_command(argv)).parse_args(argv)  # usage errors: exit 2
     logging.basicConfig(
