@@ -11,8 +11,9 @@ glibc's own knobs were measured as the alternative (bench: 220x320 frames, batch
 process each, 2026-12-01; page faults and system time do not depend on other load):
 default glibc 11.5 M minor faults, 43 s system, 5.3 GB peak RSS; MALLOC_MMAP_MAX_=0 with
 no trimming 2.1 M, 8 s, 8.4 GB; jemalloc 1.5 M, 4 s, 5.9 GB. Turning mmap off nearly
-closes the fault gap but costs 40% more memory, which at full size batch 20 (12.7 GiB
-under jemalloc) would pass the 16 GiB budget, so it is not applied.
+closes the fault gap but costs 40% more memory: 40% over the 12.7 GiB that full size at
+batch 20 peaks at under jemalloc is ~18 GiB, over the 16 GiB budget (extrapolated, not
+measured at full size), so it is not applied.
 
 CLOUDML_NO_JEMALLOC=1 keeps glibc (e.g. to measure it).
 """
