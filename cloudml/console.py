@@ -226,7 +226,9 @@ class Console:
     progress events), and on `screen` a line per finished stage and the live training line.
 
     `flights` and `seeds` say what to expect: the ingest row appears when all flights are in,
-    and a member's number is its seed's place in `seeds`. `verbose` echoes the log lines to
+    and a member's number is its seed's place in `seeds`; `models` is how many ensembles the
+    run trains (a sweep's variants, a leave-one-flight-out's folds), so the stage counter
+    runs to 2 x members x models. `verbose` echoes the log lines to
     the screen as they come (and then shows no live line between them)."""
 
     def __init__(
@@ -237,12 +239,14 @@ class Console:
         log_path: Path | str,
         flights: int,
         seeds: list[int],
+        models: int = 1,
         verbose: bool = False,
         clock: Callable[[], float] = time.monotonic,
         plain_every: float = PLAIN_EVERY_S,
     ) -> None:
         self.screen, self.log, self.log_path = screen, log, str(log_path)
         self.flights, self.seeds, self.verbose = flights, list(seeds), verbose
+        self.stages = 2 * len(self.seeds) * max(1, models)  # pretrain + finetune per member
         isatty = getattr(screen, "isatty", None)
         # a live line needs a terminal that reports its width (tqdm trims the line to it;
         # a pseudo-terminal of 0 columns would show nothing): else plain lines
@@ -355,7 +359,7 @@ class Console:
             t = {"k": self._started, "member": member, "bar": None, "shown": self.clock()}
             self._training[stage] = t
         t["event"] = event
-        text = progress_text(event, t["k"], 2 * len(self.seeds), member, len(self.seeds))
+        text = progress_text(event, t["k"], self.stages, member, len(self.seeds))
         if self.live and t["bar"] is None:
             from tqdm import tqdm
 

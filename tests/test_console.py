@@ -355,3 +355,18 @@ def test_run_environment_sets_the_store_for_the_run_and_restores_it(tmp_path, mo
     monkeypatch.setenv("CLOUDML_STORE", "s3://bucket/p")  # a configured store is kept
     fake_run()
     assert seen["store"] == "s3://bucket/p" and os.environ["CLOUDML_STORE"] == "s3://bucket/p"
+
+
+def test_stage_counter_counts_every_model_of_an_experiment():
+    """A sweep of 6 variants x 2 members has 24 training stages: the 15th shows as [15/24],
+    not [15/4] (found on a full sweep run)."""
+    clock = Clock()
+    c, screen, _ = _console(clock, models=6)
+    for k in range(15):  # 14 stages started and finished before, then the 15th
+        stage = "pretrain" if k % 2 == 0 else "finetune"
+        c.feed(_ev(event="start", epoch=0, stage=stage))
+        if k < 14:
+            c.feed(f"Task '{stage}' finished with status SUCCESS")
+    clock.t = 70  # a minute after the start: one plain line
+    c.feed(_ev(epoch=2, finished=False, stage="pretrain"))
+    assert screen.getvalue().splitlines()[-1].startswith("  [15/24] pretrain, member 1/2: epoch 2")

@@ -608,7 +608,7 @@ def run_experiment_local(
 
         console = Console(screen, log_file, log_path=log_path, flights=len(cfg.data.flights),
                           seeds=member_seeds(cfg.train.seed, cfg.train.ensemble_size),
-                          verbose=verbose)  # fmt: skip
+                          models=n * models, verbose=verbose)  # fmt: skip
         with capture(console):
             t0 = time.perf_counter()
             ensure_campaign(data_dir, cfg.data.flights, cfg.data.scale, say=console.say)
