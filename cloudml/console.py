@@ -326,12 +326,12 @@ class Console:
                 self.say(f"    {text}")
             return
         detail = "cached" if cached else ""
-        if name == "ingest":
+        if name == "ingest":  # a row per model's full set of flights (experiments ingest again)
             done = len(self.spans["ingest"])
-            if done < self.flights:
+            if done % self.flights:
                 return
-            self.say(stage_line(f"ingest, {done} flights", busy_seconds(self.spans["ingest"]),
-                                detail))  # fmt: skip
+            last = self.spans["ingest"][-self.flights :]
+            self.say(stage_line(f"ingest, {self.flights} flights", busy_seconds(last), detail))
             return
         if name in TRAINING:
             t = self._close_bar(name) or {}

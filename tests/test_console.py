@@ -370,3 +370,18 @@ def test_stage_counter_counts_every_model_of_an_experiment():
     clock.t = 70  # a minute after the start: one plain line
     c.feed(_ev(epoch=2, finished=False, stage="pretrain"))
     assert screen.getvalue().splitlines()[-1].startswith("  [15/24] pretrain, member 1/2: epoch 2")
+
+
+def test_each_models_ingest_gets_its_own_row():
+    """An experiment ingests the campaign once per model: "ingest, 2 flights" each time, not
+    a count that grows across models."""
+    clock = Clock()
+    c, screen, _ = _console(clock, models=2)
+    for t0 in (0, 10):
+        clock.t = t0
+        c.feed("Executing task 'ingest'")
+        c.feed("Executing task 'ingest'")
+        clock.t = t0 + 2
+        c.feed("Task 'ingest' finished with status SUCCESS")
+        c.feed("Task 'ingest' finished with status SUCCESS")
+    assert screen.getvalue().splitlines() == [stage_line("ingest, 2 flights", 2.0)] * 2
