@@ -7,8 +7,10 @@ the images preload it (scripts/jemalloc-env.sh, images/Dockerfile); a user who s
 `cloudml` or `python -m cloudml` plainly would not get it, so the CLI re-executes itself
 once with jemalloc preloaded when the library is installed (`reexec_under_jemalloc`).
 
-glibc's own knobs were measured as the alternative (bench: 220x320 frames, batch 8, one
-process each, 2026-12-01; page faults and system time do not depend on other load):
+glibc's own knobs were measured as the alternative (bench/train_bench.py --size 220x320
+--batch 8 --steps 3 --warmup 1, one run each on the 2-core AMD EPYC at commit a58d1a6,
+2026-12-01, other load on the cores: page faults and system time are what it shows, not
+wall time):
 default glibc 11.5 M minor faults, 43 s system, 5.3 GB peak RSS; MALLOC_MMAP_MAX_=0 with
 no trimming 2.1 M, 8 s, 8.4 GB; jemalloc 1.5 M, 4 s, 5.9 GB. Turning mmap off nearly
 closes the fault gap but costs 40% more memory: 40% over the 12.7 GiB that full size at

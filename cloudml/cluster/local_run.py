@@ -581,9 +581,9 @@ def run_experiment_local(
     models = 1  # models trained per variant / fold
     if is_sweep(kind):  # every variant (and its folds) checked before anything runs
         variants = load_variants(variants_file)
-        for c in variant_configs(cfg.to_json(), variants):
-            if ranked_on(kind) == "lofo":
-                models = 1 + len(training_fold_configs(c))
+        configs = variant_configs(cfg.to_json(), variants)
+        if ranked_on(kind) == "lofo":  # the variants share flights, so their fold counts
+            models = 1 + max(len(training_fold_configs(c)) for c in configs)
         extra = {"variants": variants}
     else:
         fold_configs(cfg.to_json())
