@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from doc_research import research_lines
 from doc_sections import (
     e2e_lines,
     gpu_lines,
@@ -205,5 +206,6 @@ def render_doc(results: dict[str, Any]) -> str:
     out += loader_lines(section(results, "loader"), section(results, "train"))
     out += train_lines(section(results, "train"))
     out += e2e_lines(section(results, "e2e"))
+    out += research_lines(section(results, "research"), section(results, "loader"))
     out += gpu_lines()
     return "\n".join(out)

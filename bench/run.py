@@ -1,6 +1,6 @@
 """`make bench`: every benchmark, measured the same way each time -> results.json + docs table.
 
-    .venv/bin/python bench/run.py [--only ingest,loader,train,e2e] [--repeats 3] [--quick]
+    .venv/bin/python bench/run.py [--only ingest,loader,train,e2e,research] [--repeats 3] [--quick]
 
 Sections (each runnable alone with --only; the others keep their last results):
   ingest  bench/ingest_bench.py (one full-size flight, full and local scale) + the local
@@ -9,7 +9,10 @@ Sections (each runnable alone with --only; the others keep their last results):
   train   bench/train_bench.py per scale and allocator in subprocesses (samples/s, peak RSS
           via wait4), bench/mfu.py for FLOPs/sample and the fp32 matmul ceiling;
   e2e     wall time of `make run PIPELINE=tuned` with the default ensemble and with one
-          member (per-stage seconds from the run folder's metrics.json) and of `make test`.
+          member (per-stage seconds from the run folder's metrics.json) and of `make test`;
+  research  the research team's own code beside ours in alternating rounds
+          (bench/research_side.py), only when RESEARCH_BENCH, ORIG_CLOUDML and RESEARCH_PY
+          point at it; otherwise its last figures stay.
 Children run under jemalloc (the shipped setting, Makefile RUN_ENV) unless a figure says
 glibc. --quick shrinks every section for a smoke test and does not time make run/test.
 Writes build/bench/results.json and docs/benchmarks.md (atomically).
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+import research_side
 from children import PY, checked, last_json_line, run_child
 from common import REPO, figure, glibc_env, jemalloc_env
 from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as run.<name>)
@@ -41,7 +45,7 @@ from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as r
     stage_seconds,
 )
 
-SECTIONS = ("ingest", "loader", "train", "e2e")
+SECTIONS = ("ingest", "loader", "train", "e2e", "research")
 RESULTS = REPO / "build/bench/results.json"
 DOC = REPO / "docs/benchmarks.md"
 GIB = 2**30
@@ -133,17 +137,15 @@ def timed_runs(
     peak: float,
     rss_at: dict[int, float],
 ) -> dict[str, Any]:
-    """Throughput, MFU and peak RSS per size and allocator (full-size glibc: one run, none
-    in quick mode); the full-size jemalloc RSS joins `rss_at`."""
+    """Throughput, MFU and peak RSS per size and allocator (full-size glibc: none in quick
+    mode); the full-size jemalloc RSS joins `rss_at`."""
     import mfu as mfu_mod
 
     out: dict[str, Any] = {}
     for alloc, env in (("jemalloc", jemalloc_env()), ("glibc", glibc_env())):
         for size, (b, steps, warm, runs) in plan.items():
-            if alloc == "glibc" and size == "full":
-                if quick:
-                    continue  # minutes per step; the comparison belongs to the real run
-                runs = 1
+            if alloc == "glibc" and size == "full" and quick:
+                continue  # minutes per step; the comparison belongs to the real run
             recs = [train_child(size, b, steps, warm, env, f"{size}-{alloc}-{i}")
                     for i in range(runs)]  # fmt: skip
             sps = [child_samples_per_s(r) for r in recs]
@@ -205,7 +207,7 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
 def headline(results: dict[str, Any]) -> dict[str, Any]:
     """The required top-level keys (a figure dict, or None where not measured)."""
     s = results.get("sections", {})
-    ing, ld, tr, e2e = (s.get(k) or {} for k in SECTIONS)
+    ing, ld, tr, e2e = (s.get(k) or {} for k in ("ingest", "loader", "train", "e2e"))
     return {
         "ingest_full_frames_per_s": ing.get("flight_full_frames_per_s"),
         "loader_speedup_vs_reread": ld.get("speedup_vs_reread"),
@@ -213,6 +215,7 @@ def headline(results: dict[str, Any]) -> dict[str, Any]:
         "make_run_tuned_wall_s": e2e.get("make_run_tuned_wall_s"),
         "make_run_tuned_single_stages_s": e2e.get("make_run_tuned_single_stages_s"),
         "make_test_wall_s": e2e.get("make_test_wall_s"),
+        "train_full_vs_research": (s.get("research") or {}).get("full_jemalloc_ratio"),
     }
 
 
@@ -235,7 +238,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--full-repeats",
         type=int,
         default=2,
-        help="runs of full-size training under jemalloc (minutes each)",
+        help="runs of full-size training per allocator (minutes each)",
     )
     ap.add_argument(
         "--full-batch",
@@ -267,14 +270,17 @@ def render_only(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_section(name: str, args: argparse.Namespace, repeats: int) -> dict[str, Any]:
-    """The figures of one section (`name` in SECTIONS)."""
+def run_section(name: str, args: argparse.Namespace, repeats: int) -> dict[str, Any] | None:
+    """The figures of one section (`name` in SECTIONS); None for a section that cannot run
+    here (research, unconfigured)."""
     if name == "ingest":
         return bench_ingest(repeats, args.quick)
     if name == "loader":
         return bench_loader(repeats, args.quick)
     if name == "train":
         return bench_train(repeats, args.quick, args.full_batch, args.full_repeats)
+    if name == "research":
+        return research_side.bench_research(repeats, args.full_repeats, args.quick)
     return bench_e2e(args.e2e_repeats, args.quick)
 
 
@@ -295,6 +301,9 @@ def measure(args: argparse.Namespace) -> int:
         print(f"== {name} ==", flush=True)
         try:
             sec = run_section(name, args, repeats)
+            if sec is None:  # the research code is not configured: keep its last figures
+                print(f"{name}: skipped (set {', '.join(research_side.ENV_VARS)} to run it)")
+                continue
         except Exception as e:  # one broken section must not cost the others their figures
             print(f"error: section {name} failed: {e}", file=sys.stderr, flush=True)
             sec = {"error": f"{type(e).__name__}: {e}"}

@@ -3,6 +3,7 @@ reread loader and the production loader deliver the same sample tensors."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import loader_bench  # noqa: E402
 import mfu  # noqa: E402
+import research_side  # noqa: E402
 import run as bench_run  # noqa: E402
 
 from cloudml.config import load_config  # noqa: E402
@@ -232,7 +234,7 @@ def test_bench_train_plan_extrapolates_memory_and_shrinks_batch(monkeypatch):
     assert [c[:2] for c in calls[:2]] == [("full", 2), ("full", 4)]  # probes first
     assert out["full_b20_rss_estimate_gib"] == pytest.approx(41.0)
     assert out["full_jemalloc_samples_per_s"]["runs"] == [4.0, 4.0]
-    assert out["full_glibc_samples_per_s"]["n"] == 1
+    assert out["full_glibc_samples_per_s"]["n"] == 2  # full_repeats runs per allocator
     train_flops = out["flops"]["full"]["train"]
     assert out["full_jemalloc_mfu"]["median"] == pytest.approx(4.0 * train_flops / 2e12)
     assert out["local_jemalloc_samples_per_s"]["n"] == 2
@@ -258,3 +260,69 @@ def test_e2e_section_states_the_three_time_goals():
     assert doc_sections.goal(900.0, "<", 900, "x") == "x: MISSED"
     with pytest.raises(ValueError, match="op must be one of"):
         doc_sections.goal(1.0, ">", 0, "x")
+
+
+# --- the research code beside ours ------------------------------------------------------------
+def test_research_side_needs_all_three_paths(tmp_path):
+    assert research_side.configured({}) is None  # not asked for: make bench skips it
+    with pytest.raises(ValueError, match="set ORIG_CLOUDML, RESEARCH_PY too"):
+        research_side.configured({"RESEARCH_BENCH": str(tmp_path)})
+    env = {"RESEARCH_BENCH": str(tmp_path), "ORIG_CLOUDML": str(tmp_path / "orig"),
+           "RESEARCH_PY": str(tmp_path / "py")}  # fmt: skip
+    with pytest.raises(ValueError, match=r"RESEARCH_BENCH=.*bench_original.py not found"):
+        research_side.configured(env)
+    (tmp_path / "bench_original.py").write_text("")
+    (tmp_path / "orig/src").mkdir(parents=True)
+    (tmp_path / "orig/src/hdf5_dataset.py").write_text("")
+    with pytest.raises(ValueError, match="RESEARCH_PY="):
+        research_side.configured(env)
+    (tmp_path / "py").write_text("")
+    assert research_side.configured(env) == env
+    with pytest.raises(ValueError, match="must not contain '.'"):
+        research_side.scratch_dir({"RESEARCH_SCRATCH": "/tmp/a.b/c"})
+    assert research_side.scratch_dir({}) == Path(research_side.DEFAULT_SCRATCH)
+
+
+def test_research_result_line_is_the_last_one():
+    out = 'noise\nRESULT {"a": 1}\nmore\nRESULT {"a": 2}\n'
+    assert research_side.result_line(out) == {"a": 2}
+    with pytest.raises(ValueError, match="no RESULT line"):
+        research_side.result_line("{}\n")
+
+
+def test_research_section_renders_paired_ratio_and_loader():
+    import doc_research
+
+    empty = "\n".join(doc_research.research_lines({}, {}))
+    assert "not measured yet" in empty and "RESEARCH_PY=" in empty
+    fig = lambda v, u="samples/s": common.figure(v, u, "bench/research_side.py")  # noqa: E731
+    rs = {"full_jemalloc_ours_samples_per_s": fig([0.2, 0.3]),
+          "full_jemalloc_research_samples_per_s": fig([0.1, 0.2]),
+          "full_jemalloc_ratio": common.ratio_figure([0.2, 0.3], [0.1, 0.2], "x", "c"),
+          "full_jemalloc_ours_mfu": fig([0.3, 0.4], "fraction"),
+          "loader_research_samples_per_s": fig([10.0, 12.0, 11.0]),
+          "matmul_flops_per_s": fig([1.5e11], "FLOP/s"),
+          "train_flops": {"ours": {"440x640": 3.17e11}, "research": {"440x640": 3.16e11}},
+          "measured_utc": "now", "seconds": 1}  # fmt: skip
+    ld = {"production_samples_per_s": fig([550.0])}
+    lines = doc_research.research_lines(rs, ld)
+    ratio = next(r for r in lines[-8:] + lines if "paired per round" in r)
+    assert "| 1.75 | 1.5–2 | 2 |" in ratio  # pairs (0.2/0.1, 0.3/0.2), not a ratio of medians
+    mfu_row = next(r for r in lines if "CloudML MFU" in r)
+    assert "| 35 | 30–40 | 2 |" in mfu_row
+    assert not any("glibc" in r for r in lines if r.startswith("|"))  # never measured
+    assert any("550 samples/s" in r and "50x" in r for r in lines)
+    assert "research 316, CloudML 317" in "\n".join(lines)
+
+
+def test_unconfigured_research_keeps_its_last_figures(tmp_path, monkeypatch):
+    results, doc = tmp_path / "results.json", tmp_path / "bench.md"
+    old = {"loader_research_samples_per_s": common.figure([9.0], "samples/s", "c"),
+           "measured_utc": "earlier", "seconds": 5}  # fmt: skip
+    common.write_json(results, {"sections": {"research": old}})
+    for k in research_side.ENV_VARS:
+        monkeypatch.delenv(k, raising=False)
+    rc = bench_run.main(["--only", "research", "--results", str(results), "--doc", str(doc)])
+    assert rc == 0
+    assert json.loads(results.read_text())["sections"]["research"] == old
+    assert "_Measured earlier in 5 s._" in doc.read_text()
