@@ -74,6 +74,14 @@ def ratio_figure(
     return figure([a / b for a, b in zip(num, den, strict=True)], unit, command)
 
 
+def extrapolate_rss(b1: int, rss1: float, b2: int, rss2: float, batch: int) -> float:
+    """Peak RSS at `batch` from two probes, linear in batch (activations scale with B)."""
+    if b1 == b2:
+        raise ValueError("extrapolate_rss: need two different batch sizes")
+    slope = (rss2 - rss1) / (b2 - b1)
+    return rss1 + slope * (batch - b1)
+
+
 # --- machine ---------------------------------------------------------------------------------
 def cpu_model(cpuinfo: str) -> str:
     """The first 'model name' of /proc/cpuinfo text ('unknown' when absent)."""

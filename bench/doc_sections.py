@@ -245,7 +245,9 @@ def train_lines(tr: dict[str, Any]) -> list[str]:
         markdown_table(train_rows(tr), FIGURE_HEADER),
         "",
     ]
-    return out + train_notes(tr)
+    from doc_anatomy import anatomy_lines  # late: doc_anatomy imports this module
+
+    return out + train_notes(tr) + anatomy_lines(tr)
 
 
 def train_notes(tr: dict[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ from typing import Any
 import common
 import research_side
 from children import PY, checked, last_json_line, run_child
-from common import REPO, figure, glibc_env, jemalloc_env
+from common import REPO, extrapolate_rss, figure, glibc_env, jemalloc_env
 from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as run.<name>)
     bench_e2e,
     bench_ingest,
@@ -44,6 +44,7 @@ from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as r
     newest_run_dir,
     stage_seconds,
 )
+from step_anatomy import step_anatomy
 
 SECTIONS = ("ingest", "loader", "train", "e2e", "research")
 RESULTS = REPO / "build/bench/results.json"
@@ -53,14 +54,6 @@ SIZES = {"local": "22x32", "full": "440x640"}
 
 
 # --- train ---------------------------------------------------------------------------------
-def extrapolate_rss(b1: int, rss1: float, b2: int, rss2: float, batch: int) -> float:
-    """Peak RSS at `batch` from two probes, linear in batch (activations scale with B)."""
-    if b1 == b2:
-        raise ValueError("extrapolate_rss: need two different batch sizes")
-    slope = (rss2 - rss1) / (b2 - b1)
-    return rss1 + slope * (batch - b1)
-
-
 def mem_available_bytes() -> float:
     """MemAvailable of /proc/meminfo in bytes (inf when the line is missing)."""
     for line in Path("/proc/meminfo").read_text().splitlines():
@@ -196,6 +189,8 @@ def bench_train(repeats: int, quick: bool, full_batch: int, full_repeats: int) -
     # the memory goal at the batch it names: one batch-20 step, measured, not extrapolated
     if not quick and fb != 20 and len(rss_at) >= 2:
         out.update(b20_memory(rss_at))
+    if not quick:  # why full size sits where it does: no recompute, and the step's profile
+        out.update(step_anatomy(fb, full_repeats, out["flops"]["full"]["train"], peak))
     out["full_rss_probe_gib"] = {str(b): v / GIB for b, v in sorted(rss_at.items())}
     if len(rss_at) >= 2:
         (b1, r1), (b2, r2) = sorted(rss_at.items())[:2]

@@ -226,6 +226,7 @@ def test_bench_train_plan_extrapolates_memory_and_shrinks_batch(monkeypatch):
                 "peak_rss_bytes": rss, "command": f"train_bench {size} {batch}"}  # fmt: skip
 
     monkeypatch.setattr(bench_run, "train_child", fake_child)
+    monkeypatch.setattr(bench_run, "step_anatomy", lambda *a: {"full_profile": {}})
     monkeypatch.setattr(mfu, "matmul_flops_per_s", lambda n, repeats: [1e12, 2e12, 3e12])
     monkeypatch.setattr(bench_run, "mem_available_bytes", lambda: 30 * gib)  # B=20 needs 41
 
@@ -326,3 +327,46 @@ def test_unconfigured_research_keeps_its_last_figures(tmp_path, monkeypatch):
     assert rc == 0
     assert json.loads(results.read_text())["sections"]["research"] == old
     assert "_Measured earlier in 5 s._" in doc.read_text()
+
+
+def test_profile_kinds_sort_operators():
+    import profile_step
+
+    assert profile_step.kind_of("aten::convolution_backward") == "conv backward"
+    assert profile_step.kind_of("aten::mkldnn_convolution") == "conv forward"
+    assert profile_step.kind_of("ConvolutionBackward0") == "autograd nodes"
+    assert profile_step.kind_of("aten::native_batch_norm_backward") == "batchnorm"
+    assert profile_step.kind_of("aten::uniform_") == "dropout draws"
+    assert profile_step.kind_of("aten::_foreach_lerp_") == "optimizer"
+    assert profile_step.kind_of("aten::isnan") == "other"
+    got = profile_step.shares({"aten::mkldnn_convolution": 3.0, "aten::mul": 1.0})
+    assert got == {"conv forward": 0.75, "elementwise": 0.25}
+    with pytest.raises(ValueError, match="no operator time"):
+        profile_step.shares({})
+
+
+def test_step_anatomy_figures_and_note(monkeypatch):
+    import doc_sections
+    import step_anatomy
+
+    gib = 2**30
+    recs = {"full-nockpt-0": (4, 8.0, 6 * gib), "full-nockpt-1": (4, 10.0, 6 * gib),
+            "full-nockpt-probe-b2": (2, 5.0, 4 * gib)}  # fmt: skip
+
+    def fake(batch, steps, warmup, tag):
+        b, step_s, rss = recs[tag]
+        assert b == batch
+        return {"batch": b, "step_s_median": step_s, "peak_rss_bytes": rss, "command": tag}
+
+    prof_line = '{"batch": 4, "step_s": 9.5, "shares": {"conv forward": 0.6, "batchnorm": 0.4}}'
+    monkeypatch.setattr(step_anatomy, "nockpt_child", fake)
+    monkeypatch.setattr(step_anatomy, "run_child",
+                        lambda cmd, env, tag: {"rc": 0, "stdout": prof_line, "log": tag})  # fmt: skip
+    out = step_anatomy.step_anatomy(4, 2, train_flops=1e9, peak=1e9)
+    assert out["full_nockpt_samples_per_s"]["runs"] == [0.5, 0.4]
+    assert out["full_nockpt_mfu"]["median"] == pytest.approx(0.45)
+    assert out["full_nockpt_b20_rss_estimate_gib"] == pytest.approx(22.0)  # 4 + 1 GiB per sample x 18
+    tr = {**out, "full_jemalloc_samples_per_s": common.figure([0.3], "samples/s", "c", batch=4)}
+    text = "\n".join(doc_sections.train_lines(tr))
+    assert "Checkpointing costs 33% of the throughput" in text and "~22 GiB" in text
+    assert "| conv forward | 60% |" in text and "step of 9.5 s" in text
