@@ -370,3 +370,11 @@ def test_step_anatomy_figures_and_note(monkeypatch):
     text = "\n".join(doc_sections.train_lines(tr))
     assert "Checkpointing costs 33% of the throughput" in text and "~22 GiB" in text
     assert "| conv forward | 60% |" in text and "step of 9.5 s" in text
+
+
+def test_stages_together_leaves_out_the_total():
+    from run_sections import stages_together
+
+    st = {"ingest": 8.0, "pretrain": 75.0, "finetune": 204.0, "evaluate": 1.5, "total": 304.0,
+          "_gate_rc": 0}  # fmt: skip
+    assert stages_together(st) == 288.5
