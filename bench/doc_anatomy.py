@@ -44,6 +44,12 @@ def anatomy_lines(tr: dict[str, Any]) -> list[str]:
                f"B={b}), against the 16 GiB budget." if est is not None else "."),
             "",
         ]  # fmt: skip
+    out += [
+        "MFU near or above 90% (here, and at local scale) means oneDNN's convolutions run about "
+        "as fast as the 2048x2048 torch.mm this table divides by: every MFU here is a fraction "
+        "of that measured rate (the issue's definition), not of the chip's nominal peak.",
+        "",
+    ]
     prof = tr.get("full_profile") or {}
     if prof.get("shares"):
         rows2 = [[k, f"{v:.0%}"] for k, v in prof["shares"].items() if v >= 0.005]
