@@ -29,8 +29,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from children import PY, checked, run_child
-from common import figure, glibc_env, jemalloc_env, ratio_figure
+from children import SIZES, checked, run_child, train_child
+from common import figure, glibc_env, jemalloc_env, ratio_figure, summarize
 
 ENV_VARS = ("RESEARCH_BENCH", "ORIG_CLOUDML", "RESEARCH_PY")
 SCRATCH_VAR = "RESEARCH_SCRATCH"  # research-schema flight files (no '.' in the path)
@@ -88,12 +88,6 @@ def research_cmd(paths: dict[str, str], cfg: Path, *args: str) -> list[str]:
     return [paths["RESEARCH_PY"], shim, "--config", str(cfg), "--threads", threads, *args]
 
 
-def ours_cmd(size: str, batch: int, steps: int, warmup: int) -> list[str]:
-    cmd = [PY, "bench/train_bench.py", "--size", size, "--batch", str(batch), "--frames",
-           str(FRAMES), "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
-    return cmd + (["--checkpointing"] if size == "440x640" else [])
-
-
 def prepare(paths: dict[str, str], scratch: Path) -> tuple[Path, Path]:
     """(research config YAML with 5 frames, flight folder), the flight written once."""
     scratch.mkdir(parents=True, exist_ok=True)
@@ -107,19 +101,17 @@ def prepare(paths: dict[str, str], scratch: Path) -> tuple[Path, Path]:
     return cfg, data
 
 
-def paired_train(paths, cfg, data, alloc_env, size, batch, steps, rounds, tag):
+def paired_train(paths, cfg, data, alloc_env, name, batch, steps, rounds, tag):
     """`rounds` alternating (ours, research) runs: samples/s and peak RSS of each side."""
-    h, w = size.split("x")
+    h, w = SIZES[name].split("x")
     r_args = ["train", "--data", str(data), "--source", "random", "--batch-size", str(batch),
               "--steps", str(steps + 1), "--image-hw", h, w]  # fmt: skip
-    warm = 1 if size == "440x640" else 3
+    warm = 1 if name == "full" else 3
     ours, theirs = {"sps": [], "rss": []}, {"sps": [], "rss": []}
     for i in range(rounds):
-        o = checked(run_child(ours_cmd(size, batch, steps, warm), alloc_env, f"rs-ours-{tag}-{i}"),
-                    f"train_bench {tag}")  # fmt: skip
-        rec = json.loads([ln for ln in o["stdout"].splitlines() if ln.startswith("{")][-1])
+        rec = train_child(name, batch, steps, warm, alloc_env, f"rs-ours-{tag}-{i}")
         ours["sps"].append(rec["batch"] / rec["step_s_median"])
-        ours["rss"].append(o["peak_rss_bytes"] / 2**30)
+        ours["rss"].append(rec["peak_rss_bytes"] / 2**30)
         r = checked(run_child(research_cmd(paths, cfg, *r_args), research_env(alloc_env, paths),
                               f"rs-research-{tag}-{i}"), f"research train {tag}")  # fmt: skip
         theirs["sps"].append(result_line(r["stdout"])["samples_per_s_excl_first"])
@@ -150,7 +142,7 @@ def bench_research(repeats: int, full_repeats: int, quick: bool) -> dict[str, An
         return None
     cfg, data = prepare(paths, scratch_dir())
     peak = mfu_mod.matmul_flops_per_s(1024 if quick else 2048, repeats=3 if quick else 7)
-    peak_med = sorted(peak)[len(peak) // 2]
+    peak_med = summarize(peak)["median"]
     model_cfg = load_config("tuned").model
     ours_flops = {}
     for size in ("440x640", "22x32"):
@@ -171,7 +163,7 @@ def bench_research(repeats: int, full_repeats: int, quick: bool) -> dict[str, An
             if name == "local" and alloc == "glibc":
                 continue
             key = f"{name}_{alloc}"
-            ours, theirs = paired_train(paths, cfg, data, env, size, batch, steps, rounds, key)
+            ours, theirs = paired_train(paths, cfg, data, env, name, batch, steps, rounds, key)
             cmd = f"bench/research_side.py: {rounds} alternating rounds, B={batch}, {size}"
             for side, rec in (("ours", ours), ("research", theirs)):
                 out[f"{key}_{side}_samples_per_s"] = figure(rec["sps"], "samples/s", cmd)

@@ -33,7 +33,7 @@ from typing import Any
 
 import common
 import research_side
-from children import PY, checked, last_json_line, run_child
+from children import PY, checked, last_json_line, run_child, train_child  # noqa: F401  (tests reach run.<name>)
 from common import REPO, extrapolate_rss, figure, glibc_env, jemalloc_env
 from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as run.<name>)
     bench_e2e,
@@ -50,7 +50,6 @@ SECTIONS = ("ingest", "loader", "train", "e2e", "research")
 RESULTS = REPO / "build/bench/results.json"
 DOC = REPO / "docs/benchmarks.md"
 GIB = 2**30
-SIZES = {"local": "22x32", "full": "440x640"}
 
 
 # --- train ---------------------------------------------------------------------------------
@@ -60,21 +59,6 @@ def mem_available_bytes() -> float:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return float("inf")
-
-
-def train_child(size: str, batch: int, steps: int, warmup: int, env: dict[str, str],
-                tag: str) -> dict[str, Any]:  # fmt: skip
-    """One bench/train_bench.py process: its JSON line plus peak RSS and the command."""
-    args = ["--size", SIZES[size], "--batch", str(batch), "--frames", "5",
-            "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
-    if size == "full":  # the tuned preset checkpoints at full size (model.configure_checkpointing)
-        args.append("--checkpointing")
-    res = checked(run_child([PY, "bench/train_bench.py", *args], env, f"train-{tag}"),
-                  f"train_bench {tag}")  # fmt: skip
-    rec = last_json_line(res["stdout"])
-    rec["peak_rss_bytes"] = res["peak_rss_bytes"]
-    rec["command"] = "bench/train_bench.py " + " ".join(args)
-    return rec
 
 
 def child_samples_per_s(rec: dict[str, Any]) -> float:

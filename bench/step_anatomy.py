@@ -13,19 +13,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from children import PY, checked, last_json_line, run_child
+from children import PY, checked, last_json_line, run_child, train_child
 from common import extrapolate_rss, figure, jemalloc_env
 
 GIB = 2**30
 
 
 def nockpt_child(batch: int, steps: int, warmup: int, tag: str) -> dict[str, Any]:
-    args = ["--size", "440x640", "--batch", str(batch), "--frames", "5", "--steps", str(steps),
-            "--warmup", str(warmup)]  # fmt: skip
-    res = checked(run_child([PY, "bench/train_bench.py", *args], jemalloc_env(), tag), tag)
-    rec = last_json_line(res["stdout"])
-    rec["peak_rss_bytes"] = res["peak_rss_bytes"]
-    rec["command"] = "bench/train_bench.py " + " ".join(args) + " (LD_PRELOAD=jemalloc)"
+    """bench/run.py's full-size training child under jemalloc, checkpointing off."""
+    rec = train_child("full", batch, steps, warmup, jemalloc_env(), tag, checkpointing=False)
+    rec["command"] += " (LD_PRELOAD=jemalloc)"
     return rec
 
 
