@@ -246,7 +246,9 @@ class TrainConfig:
     )
     mixed_precision: bool = key(
         True,
-        "bfloat16 autocast of the training forward pass on CUDA (speed, memory); ignored on CPU.",
+        "bfloat16 autocast of the forward passes (training, BatchNorm re-estimation, "
+        "prediction) where bf16 is native: CUDA, or a CPU with AVX512-BF16 or AMX (1.5x "
+        "faster local training, measured); float32 on other CPUs.",
     )
     seed: int = key(
         42,

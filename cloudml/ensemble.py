@@ -85,6 +85,8 @@ class Ensemble:
     scalers: list[dict[str, float]]
     seeds: list[int]
     temporal_frames: int
+    # per member: its config's mixed_precision (predictions in the precision it trained in)
+    mixed_precision: list[bool] | None = None
 
     def predict_pool(self, pool: Any, idx: np.ndarray | None = None) -> np.ndarray:
         """(K, n) predictions in km of every member for samples idx of `pool`."""
@@ -93,8 +95,9 @@ class Ensemble:
         device = device_for()
         idx = np.arange(len(pool)) if idx is None else idx
         out = []
-        for net, sc in zip(self.nets, self.scalers, strict=True):
-            z = predict(net.to(device), pool, idx, sc, device)
+        amp = self.mixed_precision or [True] * len(self.nets)
+        for net, sc, mp in zip(self.nets, self.scalers, amp, strict=True):
+            z = predict(net.to(device), pool, idx, sc, device, mp)
             out.append(z * sc["cbh_std"] + sc["cbh_mean"])
         return np.stack(out)
 
@@ -122,6 +125,7 @@ def from_checkpoints(checkpoints: list[Path]) -> Ensemble:
         scalers=[ck["scalers"] for ck in cks],
         seeds=[int(ck["config"]["seed"]) for ck in cks],
         temporal_frames=frames.pop(),
+        mixed_precision=[bool(ck["config"].get("mixed_precision", True)) for ck in cks],
     )
 
 

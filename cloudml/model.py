@@ -14,6 +14,7 @@ the mirror augmentation (SAA -> 360 - SAA) becomes an exact sign flip of sin(SAA
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -291,6 +292,23 @@ def maybe_compile(net: CBHNet, device: torch.device) -> nn.Module:
     return compile_model(net, net.cfg.torch_compile_mode)
 
 
+@functools.cache
+def cpu_bf16_native() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels natively: AVX512-BF16 or AMX, and oneDNN
+    may use them (ONEDNN_MAX_CPU_ISA). Elsewhere oneDNN emulates bf16: a local-scale conv
+    step ran 16x slower than float32 under ONEDNN_MAX_CPU_ISA=AVX2 (measured), so there
+    mixed_precision falls back to float32."""
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return False
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def bf16_applies(device_type: str) -> bool:
+    """Whether mixed_precision's bf16 autocast runs on `device_type` ('cuda' or 'cpu') here:
+    on CUDA always, on CPU where bf16 is native (cpu_bf16_native)."""
+    return device_type == "cuda" or (device_type == "cpu" and cpu_bf16_native())
+
+
 def compile_model(net: CBHNet, mode: str) -> nn.Module:
     """`net` compiled with torch.compile; the checkpointed path compiles its encoder only.
 
@@ -320,19 +338,34 @@ class SettingInEffect:
 
 
 def settings_in_effect(
-    config: Mapping[str, Any], device_type: str | None, frame_shape: tuple[int, int] | None
+    config: Mapping[str, Any],
+    device_type: str | None,
+    frame_shape: tuple[int, int] | None,
+    cpu_bf16: bool | None = None,
 ) -> list[SettingInEffect]:
     """mixed_precision, torch_compile and gradient_checkpointing as the training code applies
-    them (pure; `config` is Config.flat() or a run's config JSON): bf16 autocast and
-    torch.compile only on CUDA (training.loop._autocast, maybe_compile), checkpointing only
-    for frames of at least CHECKPOINT_MIN_PIXELS (configure_checkpointing). device_type or
-    frame_shape None (not recorded) leaves in_effect unknown for the settings it decides."""
+    them (pure; `config` is Config.flat() or a run's config JSON): bf16 autocast on CUDA and
+    on CPUs with native bf16 (`cpu_bf16`, what cpu_bf16_native said on the run's CPU;
+    training.loop._autocast), torch.compile only on CUDA (maybe_compile), checkpointing only
+    for frames of at least CHECKPOINT_MIN_PIXELS (configure_checkpointing). A decider that
+    is None (not recorded) leaves in_effect unknown for the settings it decides."""
     on_cuda = None if device_type is None else device_type == "cuda"
+    if device_type is None or (device_type == "cpu" and cpu_bf16 is None):
+        bf16, bf16_why = None, "bf16 autocast needs CUDA or a CPU with native bf16: " + (
+            "the device was not recorded" if device_type is None else
+            "whether this run's CPU has it was not recorded"
+        )  # fmt: skip
+    else:
+        bf16 = on_cuda or bool(cpu_bf16)
+        bf16_why = (
+            "bf16 autocast needs CUDA or a CPU with native bf16 (AVX512-BF16 or AMX): "
+            "this run's CPU has none, so float32"
+        )
     big = None if frame_shape is None else frame_shape[0] * frame_shape[1] >= CHECKPOINT_MIN_PIXELS
     cpu = "this run was on CPU" if on_cuda is False else "the device was not recorded"
     px = f"used only for frames of at least {CHECKPOINT_MIN_PIXELS} px"
     rules = (
-        ("mixed_precision", on_cuda, f"bf16 autocast is CUDA-only: {cpu}, so float32"),
+        ("mixed_precision", bf16, bf16_why),
         # the reason maybe_compile logs: measured with bench/train_bench.py --compile
         ("torch_compile", on_cuda, f"compiled only on CUDA: {cpu}"
          + (" (compiling cost ~260 s for <=1.2x per step there)" if on_cuda is False else "")),
@@ -361,4 +394,4 @@ def feature_size(cfg: ModelConfig) -> int:
 
 __all__ = ["CBHNet", "FastDropout", "N_SCALARS", "SettingInEffect", "encode_scalars",
            "configure_checkpointing", "maybe_compile", "compile_model",
-           "settings_in_effect"]  # fmt: skip
+           "cpu_bf16_native", "bf16_applies", "settings_in_effect"]  # fmt: skip

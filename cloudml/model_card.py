@@ -175,13 +175,13 @@ def card_context(ctx: dict[str, Any]) -> dict[str, Any]:
         ),  # fmt: skip
         "inputs": input_spec(config, shape),
         "settings_table": _md_table(
-            ("setting", "config", "in effect", "why"), settings_rows(config, device, shape)
+            ("setting", "config", "in effect", "why"), settings_rows(config, device, shape, ctx.get("cpu_bf16"))
         )
-        if settings_rows(config, device, shape)
+        if settings_rows(config, device, shape, ctx.get("cpu_bf16"))
         else [],  # fmt: skip
         "gate_message": str(gate.get("message", "")) if gate else None,
         "gate_notes": gate_notes(gate) if gate else [],
-        "config_json": json.dumps(config_view(config, device, shape), indent=2, sort_keys=True)
+        "config_json": json.dumps(config_view(config, device, shape, ctx.get("cpu_bf16")), indent=2, sort_keys=True)
         if config
         else None,
     }

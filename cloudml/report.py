@@ -166,14 +166,14 @@ def build_report_html(ctx: dict[str, Any]) -> str:
             _table(("flight", "samples", "dropped by reason"), data_rows(data)),
         ]
     config = ctx.get("config") or {}
-    settings = settings_rows(config, _device(ctx), frame_shape(data))
+    settings = settings_rows(config, _device(ctx), frame_shape(data), ctx.get("cpu_bf16"))
     if settings:
         parts += [
             "<h2>Settings in effect</h2>",
             _table(("setting", "config", "in effect", "why"), settings),
         ]
     if config:
-        view = config_view(config, _device(ctx), frame_shape(data))
+        view = config_view(config, _device(ctx), frame_shape(data), ctx.get("cpu_bf16"))
         parts += [
             "<h2>Resolved configuration</h2>",
             _table(("key", "value"), [(k, view[k]) for k in sorted(view)]),

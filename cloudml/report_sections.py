@@ -191,7 +191,10 @@ def frame_shape(data: dict[str, dict[str, Any]]) -> tuple[int, int] | None:
 
 
 def settings_rows(
-    config: dict[str, Any], device: str | None, shape: tuple[int, int] | None
+    config: dict[str, Any],
+    device: str | None,
+    shape: tuple[int, int] | None,
+    cpu_bf16: bool | None = None,
 ) -> list[tuple[str, str, str, str]]:
     """(setting, config value, in effect, why) for the settings that only act on CUDA or on
     large frames (cloudml.model.settings_in_effect); settings the config does not name are
@@ -201,20 +204,23 @@ def settings_rows(
     said = {True: "yes", False: "no", None: "unknown"}
     return [
         (s.key, str(s.configured).lower(), said[s.in_effect], s.why or "as configured")
-        for s in settings_in_effect(config, device, shape)
+        for s in settings_in_effect(config, device, shape, cpu_bf16)
         if s.key in config
     ]
 
 
 def config_view(
-    config: dict[str, Any], device: str | None, shape: tuple[int, int] | None = None
+    config: dict[str, Any],
+    device: str | None,
+    shape: tuple[int, int] | None = None,
+    cpu_bf16: bool | None = None,
 ) -> dict[str, Any]:
     """The config as it applied: a setting that is on but was skipped (CPU, small frames)
     reads 'true in the config; not in effect: <why>' instead of a bare true."""
     from cloudml.model import settings_in_effect
 
     out = dict(config)
-    for s in settings_in_effect(config, device, shape):
+    for s in settings_in_effect(config, device, shape, cpu_bf16):
         if s.configured and s.in_effect is not True:
             state = "not in effect" if s.in_effect is False else "in effect unknown"
             out[s.key] = f"true in the config; {state}: {s.why}"

@@ -24,12 +24,14 @@ from cloudml.model import (
     CBHNet,
     SettingInEffect,
     configure_checkpointing,
+    cpu_bf16_native,
     maybe_compile,
     settings_in_effect,
 )
 from cloudml.model_card import TEMPLATE, build_model_card
 from cloudml.report_sections import bias_rows, bias_text, duration_text, reference_rows
 from cloudml.training.data import load_pool
+from cloudml.training.loop import _autocast
 from tests.support.train_fixtures import fast_cfg, write_shards
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,18 +40,34 @@ ALL_ON = {"mixed_precision": True, "torch_compile": True, "gradient_checkpointin
 
 # --- settings_in_effect ------------------------------------------------------------------------
 def test_settings_on_cpu_with_small_frames_are_all_skipped_with_reasons():
-    got = settings_in_effect(ALL_ON, "cpu", (21, 32))
+    got = settings_in_effect(ALL_ON, "cpu", (21, 32), cpu_bf16=False)
     assert [(s.key, s.configured, s.in_effect) for s in got] == [
         ("mixed_precision", True, False),
         ("torch_compile", True, False),
         ("gradient_checkpointing", True, False),
     ]
     why = {s.key: s.why for s in got}
-    assert why["mixed_precision"] == "bf16 autocast is CUDA-only: this run was on CPU, so float32"
+    assert why["mixed_precision"] == (
+        "bf16 autocast needs CUDA or a CPU with native bf16 (AVX512-BF16 or AMX): this run's "
+        "CPU has none, so float32"
+    )
     assert why["torch_compile"].startswith("compiled only on CUDA: this run was on CPU")
     assert why["gradient_checkpointing"].startswith(
         "used only for frames of at least 16384 px: 21x32 frames"
     )
+
+
+def test_mixed_precision_on_cpu_follows_native_bf16():
+    on, off, unknown = (
+        settings_in_effect(ALL_ON, "cpu", (21, 32), cpu_bf16=v)[0] for v in (True, False, None)
+    )
+    assert (on.in_effect, on.why) == (True, "")
+    assert off.in_effect is False and off.why.endswith("this run's CPU has none, so float32")
+    assert unknown.in_effect is None and unknown.why.endswith(
+        "whether this run's CPU has it was not recorded"
+    )
+    # CUDA does not depend on the CPU
+    assert settings_in_effect(ALL_ON, "cuda", (21, 32), cpu_bf16=False)[0].in_effect is True
 
 
 def test_settings_on_cuda_with_full_frames_are_all_in_effect():
@@ -75,15 +93,17 @@ def test_settings_switched_off_or_not_recorded():
 @pytest.mark.parametrize("want", [True, False])
 def test_settings_agree_with_what_the_model_does(shape, want):
     """The card's statement is the training code's decision: checkpointing as
-    configure_checkpointing sets it, compilation as maybe_compile does it on this CPU."""
+    configure_checkpointing sets it, compilation as maybe_compile does it on this CPU,
+    bf16 autocast as the training loop opens it on this CPU (native bf16 or not)."""
     mcfg = replace(ModelConfig(), memory_optimized=True, gradient_checkpointing=want,
                    torch_compile=want)  # fmt: skip
     net = CBHNet(mcfg, temporal_frames=2)
     config = {"gradient_checkpointing": want, "torch_compile": want, "mixed_precision": want}
-    said = {s.key: s.in_effect for s in settings_in_effect(config, "cpu", shape)}
+    said = {s.key: s.in_effect for s in settings_in_effect(config, "cpu", shape, cpu_bf16_native())}
     assert said["gradient_checkpointing"] is configure_checkpointing(net, shape)
     assert said["torch_compile"] is (maybe_compile(net, torch.device("cpu")) is not net)
-    assert said["mixed_precision"] is False
+    with _autocast(torch.device("cpu"), want):
+        assert said["mixed_precision"] is torch.is_autocast_enabled("cpu")
 
 
 # --- the template ships with the package -------------------------------------------------------
@@ -169,7 +189,10 @@ def test_card_of_a_run_has_the_sections_and_its_snippet_predicts_one_batch(tmp_p
     details = card.split("## Model details", 1)[1].split("\n## ", 1)[0]
     assert "- run id: `tuned-test`" in details and "- commit: `0123abc`" in details
     assert "| torch_compile | false | no | as configured |" in card  # FAST switches it off
-    assert "| mixed_precision | true | no | bf16 autocast is CUDA-only" in card  # on CPU
+    # on CPU: bf16 where this CPU has it natively (this float path), else float32
+    bf16 = "| mixed_precision | true | yes | as configured |"
+    fp32 = "| mixed_precision | true | no | bf16 autocast needs CUDA or a CPU with native bf16"
+    assert (bf16 if cpu_bf16_native() else fp32) in card
 
     shutil.copyfile(shards["12Feb25"], run / "12Feb25.h5")
     blocks = re.findall(r"```python\n(.*?)```", card, re.S)

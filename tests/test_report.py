@@ -282,10 +282,12 @@ CPU = "this run was on CPU"
 @pytest.mark.parametrize(
     ("device", "shape", "mp", "tc", "ckpt"),
     [
-        ("cpu", (28, 40), f"{OFF}bf16 autocast is CUDA-only: {CPU}, so float32",
+        ("cpu", (28, 40), f"{OFF}bf16 autocast needs CUDA or a CPU with native bf16 (AVX512-BF16 "
+         "or AMX): this run's CPU has none, so float32",
          f"{OFF}compiled only on CUDA: {CPU} (compiling cost ~260 s",
          f"{OFF}used only for frames of at least 16384 px: 28x40 frames hold a few MB"),
-        (None, None, f"{UNKNOWN}bf16 autocast is CUDA-only: the device was not recorded",
+        (None, None, f"{UNKNOWN}bf16 autocast needs CUDA or a CPU with native bf16: the device "
+         "was not recorded",
          f"{UNKNOWN}compiled only on CUDA: the device was not recorded",
          f"{UNKNOWN}used only for frames of at least 16384 px: the frame size was not "
          "recorded"),
@@ -294,7 +296,7 @@ CPU = "this run was on CPU"
 )  # fmt: skip
 def test_config_view_lists_skipped_settings_as_not_in_effect(device, shape, mp, tc, ckpt):
     cfg = {"mixed_precision": True, "torch_compile": True, "gradient_checkpointing": True}
-    view = config_view({**cfg, "learning_rate": 5e-4}, device, shape)
+    view = config_view({**cfg, "learning_rate": 5e-4}, device, shape, cpu_bf16=False)
     for key, want in (("mixed_precision", mp), ("torch_compile", tc),
                       ("gradient_checkpointing", ckpt)):  # fmt: skip
         got = view[key]
@@ -306,12 +308,16 @@ def test_config_view_lists_skipped_settings_as_not_in_effect(device, shape, mp, 
 
 
 def test_card_and_html_do_not_list_skipped_settings_as_used():
-    card = build_model_card(_ens_ctx())
+    card = build_model_card(_ens_ctx(cpu_bf16=False))
     for key in ("mixed_precision", "torch_compile", "gradient_checkpointing"):
         assert f'"{key}": true' not in card
         assert f'"{key}": "true in the config; not in effect: ' in card
         assert f"| {key} | true | no | " in card
-    html = build_report_html(_ens_ctx())
+    bf16 = build_model_card(_ens_ctx(cpu_bf16=True))  # a CPU with native bf16
+    assert '"mixed_precision": true' in bf16 and "| mixed_precision | true | yes |" in bf16
+    unknown = build_model_card(_ens_ctx())  # an older run that did not record it
+    assert '"mixed_precision": "true in the config; in effect unknown: ' in unknown
+    html = build_report_html(_ens_ctx(cpu_bf16=False))
     assert "<td>torch_compile</td><td>true</td><td>no</td><td>compiled only on CUDA" in html
     cuda = build_model_card(_ens_ctx(device="cuda"))
     assert '"mixed_precision": true' in cuda and '"torch_compile": true' in cuda

@@ -142,6 +142,7 @@ def run_evaluate(
         "plots": load_plots(out_dir),
         "stages": stages,
         "device": _device(),
+        **({"cpu_bf16": _cpu_bf16()} if _device() == "cpu" else {}),
         **({"run_id": run_id} if run_id else {}),
         **({"commit": os.environ["CLOUDML_COMMIT"]} if os.environ.get("CLOUDML_COMMIT") else {}),
     }
@@ -155,6 +156,13 @@ def run_evaluate(
     write_json(out_dir / "gate.json", verdict.as_dict(), **JSON_OPTIONS)
     telemetry.duration(stages["evaluate"])
     return {**metrics, "gate": verdict.as_dict()}
+
+
+def _cpu_bf16() -> bool:
+    """Whether this CPU runs bf16 natively (mixed_precision applies on it)."""
+    from cloudml.model import cpu_bf16_native
+
+    return cpu_bf16_native()
 
 
 def _device() -> str:
