@@ -66,15 +66,18 @@ SIZES = {"local": "22x32", "full": "440x640"}
 
 
 def train_child(size: str, batch: int, steps: int, warmup: int, env: dict[str, str],
-                tag: str, checkpointing: bool | None = None) -> dict[str, Any]:  # fmt: skip
+                tag: str, checkpointing: bool | None = None,
+                bf16: bool = False) -> dict[str, Any]:  # fmt: skip
     """One bench/train_bench.py process: its JSON line plus peak RSS and the command.
     `checkpointing` None: on at full size, as the tuned preset does there
-    (model.configure_checkpointing)."""
+    (model.configure_checkpointing); `bf16`: the loop's mixed-precision autocast."""
     args = ["--size", SIZES[size], "--batch", str(batch), "--frames", "5",
             "--steps", str(steps), "--warmup", str(warmup)]  # fmt: skip
     ckpt = size == "full" if checkpointing is None else checkpointing
     if ckpt:
         args.append("--checkpointing")
+    if bf16:
+        args.append("--bf16")
     res = checked(run_child([PY, "bench/train_bench.py", *args], env, f"train-{tag}"),
                   f"train_bench {tag}")  # fmt: skip
     rec = last_json_line(res["stdout"])

@@ -27,6 +27,7 @@ from doc_sections import (
     ingest_lines,
     intro_lines,
     loader_lines,
+    precision_lines,
     section,
     train_lines,
 )
@@ -213,6 +214,7 @@ def render_doc(results: dict[str, Any]) -> str:
     out += ingest_lines(section(results, "ingest"))
     out += loader_lines(section(results, "loader"), section(results, "train"))
     out += train_lines(section(results, "train"))
+    out += precision_lines(section(results, "precision"))
     out += e2e_lines(section(results, "e2e"))
     out += research_lines(section(results, "research"), section(results, "loader"))
     out += gpu_lines()

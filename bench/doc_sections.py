@@ -275,6 +275,40 @@ def train_notes(tr: dict[str, Any]) -> list[str]:
     return out
 
 
+def precision_lines(pr: dict[str, Any]) -> list[str]:
+    """Section 3b: the training step with and without mixed_precision's bf16 autocast."""
+    rows = []
+    for size in ("local", "full"):
+        b = (pr.get(f"{size}_fp32_samples_per_s") or {}).get("batch", "?")
+        rows += figure_rows([
+            (f"{size} B={b}: float32", pr.get(f"{size}_fp32_samples_per_s"), "", 1.0),
+            (f"{size} B={b}: mixed_precision (bf16 autocast)", pr.get(f"{size}_bf16_samples_per_s"),
+             "", 1.0),
+            (f"{size} B={b}: bf16 / float32, paired by round", pr.get(f"{size}_bf16_speedup"),
+             "", 1.0),
+        ])  # fmt: skip
+    applied = [pr.get(f"{s}_bf16_applied") for s in ("local", "full") if f"{s}_bf16_applied" in pr]
+    where = (
+        "bf16 applied on this CPU (native bf16: cloudml.model.cpu_bf16_native)" if applied and
+        all(applied) else "bf16 did NOT apply on this CPU (no native bf16): both columns are "
+        "float32" if applied else "not measured"
+    )  # fmt: skip
+    return [
+        "### 3b. Mixed precision on CPU",
+        "",
+        measured_line(pr),
+        "The training step of section 3 (jemalloc) with and without the training loop's "
+        "mixed-precision autocast (mixed_precision, on in both presets: bf16 where the device "
+        "has it natively, training.loop._autocast), alternated in each round. Weights, "
+        "optimizer and loss stay float32; the rows above are float32, as their MFU is against "
+        f"the fp32 matmul ceiling. {where}. What bf16 does to the trained models' R² is in "
+        "docs/draws.md.",
+        "",
+        markdown_table(rows, FIGURE_HEADER),
+        "",
+    ]
+
+
 # --- 4. end to end, 5. GPU -------------------------------------------------------------------
 def e2e_lines(e2e: dict[str, Any]) -> list[str]:
     """Section 4: wall time of `make run PIPELINE=tuned` (default ensemble, per stage; one

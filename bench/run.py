@@ -1,6 +1,7 @@
 """`make bench`: every benchmark, measured the same way each time -> results.json + docs table.
 
-    .venv/bin/python bench/run.py [--only ingest,loader,train,e2e,research] [--repeats 3] [--quick]
+    .venv/bin/python bench/run.py [--only ingest,loader,train,precision,e2e,research]
+        [--repeats 3] [--quick]
 
 Sections (each runnable alone with --only; the others keep their last results):
   ingest  bench/ingest_bench.py (one full-size flight, full and local scale) + the local
@@ -8,6 +9,8 @@ Sections (each runnable alone with --only; the others keep their last results):
   loader  bench/loader_bench.py: production loader vs research-style reread loader;
   train   bench/train_bench.py per scale and allocator in subprocesses (samples/s, peak RSS
           via wait4), bench/mfu.py for FLOPs/sample and the fp32 matmul ceiling;
+  precision  the training step with and without mixed_precision's autocast (bf16 on CPUs
+          with native bf16), alternated per round, local scale and full size;
   e2e     wall time of `make run PIPELINE=tuned` with the default ensemble and with one
           member (per-stage seconds from the run folder's metrics.json) and of `make test`;
   research  the research team's own code beside ours in alternating rounds
@@ -39,6 +42,7 @@ from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as r
     bench_e2e,
     bench_ingest,
     bench_loader,
+    bench_precision,
     ingest_figures,
     loader_figures,
     newest_run_dir,
@@ -46,7 +50,7 @@ from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as r
 )
 from step_anatomy import step_anatomy
 
-SECTIONS = ("ingest", "loader", "train", "e2e", "research")
+SECTIONS = ("ingest", "loader", "train", "precision", "e2e", "research")
 RESULTS = REPO / "build/bench/results.json"
 DOC = REPO / "docs/benchmarks.md"
 GIB = 2**30
@@ -260,6 +264,8 @@ def run_section(name: str, args: argparse.Namespace, repeats: int) -> dict[str, 
         return bench_train(repeats, args.quick, args.full_batch, args.full_repeats)
     if name == "research":
         return research_side.bench_research(repeats, args.full_repeats, args.quick)
+    if name == "precision":
+        return bench_precision(repeats, args.quick, args.full_repeats)
     return bench_e2e(args.e2e_repeats, args.quick)
 
 

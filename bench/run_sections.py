@@ -1,4 +1,4 @@
-"""The ingest, loader and end-to-end sections of bench/run.py (training is in run.py).
+"""The ingest, loader, precision and end-to-end sections of bench/run.py (training is in run.py).
 
 Each `bench_<section>` runs its children and returns the section's figures; the
 `*_figures` and run-folder helpers are pure and tested in tests/test_bench.py.
@@ -189,3 +189,43 @@ def bench_e2e(repeats: int, quick: bool) -> dict[str, Any]:
     out["make_test_wall_s"] = figure(walls, "s", "make test")
     out["make_test_rc"] = rcs
     return out
+
+
+# --- precision -----------------------------------------------------------------------------
+def precision_figures(pairs: dict[str, list[tuple[dict, dict]]]) -> dict[str, Any]:
+    """Figures from alternated float32 / bf16 train_bench records, per size: samples/s of
+    each, their ratio paired by round, and whether bf16 applied (pure)."""
+    out: dict[str, Any] = {}
+    for size, recs in pairs.items():
+        if not recs:
+            continue
+        fp32 = [a["samples_per_s"] for a, _ in recs]
+        bf16 = [b["samples_per_s"] for _, b in recs]
+        cmd = recs[0][1]["command"] + " (LD_PRELOAD=jemalloc), against the same without --bf16"
+        batch = recs[0][0]["batch"]
+        out[f"{size}_fp32_samples_per_s"] = figure(fp32, "samples/s", cmd, batch=batch)
+        out[f"{size}_bf16_samples_per_s"] = figure(bf16, "samples/s", cmd, batch=batch)
+        out[f"{size}_bf16_speedup"] = ratio_figure(bf16, fp32, "x", cmd)
+        out[f"{size}_bf16_applied"] = all(b.get("bf16") for _, b in recs)
+    return out
+
+
+def bench_precision(repeats: int, quick: bool, full_repeats: int) -> dict[str, Any]:
+    """Section precision: the training step with and without mixed_precision's autocast
+    (bf16 where native, training.loop._autocast), alternated in each round so that drift
+    hits both; local scale (batch 20) and full size (batch 4, checkpointed)."""
+    from children import train_child
+
+    plan = {"local": (20, 3 if quick else 20, 2 if quick else 3, 1 if quick else repeats)}
+    if not quick:
+        plan["full"] = (4, 2, 1, full_repeats)
+    pairs: dict[str, list[tuple[dict, dict]]] = {}
+    for size, (batch, steps, warmup, runs) in plan.items():
+        pairs[size] = []
+        for i in range(runs):
+            a, b = (train_child(size, batch, steps, warmup, jemalloc_env(), f"prec-{size}-{m}-{i}",
+                                bf16=m == "bf16") for m in ("fp32", "bf16"))  # fmt: skip
+            print(f"precision {size} round {i + 1}: float32 {a['samples_per_s']} vs bf16 "
+                  f"{b['samples_per_s']} samples/s", flush=True)  # fmt: skip
+            pairs[size].append((a, b))
+    return precision_figures(pairs)

@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/train_bench.py [--size local|full|RxC] [--steps 20] [--batch 20]
         [--frames 5] [--memory-optimized] [--no-channels-last] [--checkpointing] [--compile]
-        [--threads N]
+        [--bf16] [--threads N]
 
 `--checkpointing` turns on the model's gradient checkpointing (one chunk of B frames per frame
 index, model.encode_per_frame_index) regardless of frame size. `--warmup 0 --steps 1` times a
-single step, for full-size batches whose step takes minutes.
+single step, for full-size batches whose step takes minutes. `--bf16` runs the forward under
+the training loop's mixed-precision autocast (training.loop._autocast: bf16 on CUDA and on
+CPUs with native bf16, else float32; the JSON says which).
 
 Run it twice to compare allocators, e.g.
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
@@ -19,6 +21,7 @@ compile cost can be weighed against the per-step gain.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -30,8 +33,8 @@ from pathlib import Path
 import torch
 
 from cloudml.config import load_config
-from cloudml.model import CBHNet
-from cloudml.training.loop import loss_fn
+from cloudml.model import CBHNet, bf16_applies
+from cloudml.training.loop import _autocast, loss_fn
 
 SIZES = {"local": (22, 32), "full": (440, 640)}
 
@@ -55,7 +58,10 @@ def step_times(args: argparse.Namespace) -> dict:
     warm_s = 0.0
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        loss = loss_fn(model(x, s), y, cfg.train)
+        amp = _autocast(device) if args.bf16 else contextlib.nullcontext()
+        with amp:
+            out = model(x, s)
+        loss = loss_fn(out.float(), y, cfg.train)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
@@ -73,7 +79,8 @@ def step_times(args: argparse.Namespace) -> dict:
         "size": f"{h}x{w}", "batch": args.batch, "frames": args.frames, "device": str(device),
         "threads": torch.get_num_threads(), "memory_optimized": args.memory_optimized,
         "channels_last": args.channels_last, "checkpointing": args.checkpointing,
-        "compile": args.compile, "jemalloc": "jemalloc" in os.environ.get("LD_PRELOAD", ""),
+        "compile": args.compile, "bf16": bool(args.bf16 and bf16_applies(device.type)),
+        "jemalloc": "jemalloc" in os.environ.get("LD_PRELOAD", ""),
         "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
         "samples_per_s": round(args.batch / med, 1), "steps": args.steps,
         "warmup_steps_s": round(warm_s, 2) if args.warmup else None,
@@ -92,6 +99,7 @@ def main() -> None:
     ap.add_argument("--no-channels-last", dest="channels_last", action="store_false")
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="mixed-precision autocast (see above)")
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

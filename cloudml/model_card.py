@@ -133,6 +133,8 @@ def card_context(ctx: dict[str, Any]) -> dict[str, Any]:
     data = ctx.get("data") or {}
     shape = frame_shape(data)
     device = _device(ctx)
+    bf16 = ctx.get("cpu_bf16")  # whether the run's CPU had native bf16 (None: not recorded)
+    settings = settings_rows(config, device, shape, bf16)
     val = str(metrics.get("flight", config.get("validation_flight", "?")))
     header, rows = metric_table(metrics)
     training = [r for r in data_rows(data) if r[0] != val]
@@ -174,14 +176,14 @@ def card_context(ctx: dict[str, Any]) -> dict[str, Any]:
             val, str(ctx.get("model_path", "model")), int(config.get("batch_size", 20))
         ),  # fmt: skip
         "inputs": input_spec(config, shape),
-        "settings_table": _md_table(
-            ("setting", "config", "in effect", "why"), settings_rows(config, device, shape, ctx.get("cpu_bf16"))
-        )
-        if settings_rows(config, device, shape, ctx.get("cpu_bf16"))
+        "settings_table": _md_table(("setting", "config", "in effect", "why"), settings)
+        if settings
         else [],  # fmt: skip
         "gate_message": str(gate.get("message", "")) if gate else None,
         "gate_notes": gate_notes(gate) if gate else [],
-        "config_json": json.dumps(config_view(config, device, shape, ctx.get("cpu_bf16")), indent=2, sort_keys=True)
+        "config_json": json.dumps(
+            config_view(config, device, shape, bf16), indent=2, sort_keys=True
+        )
         if config
         else None,
     }

@@ -365,7 +365,8 @@ def test_step_anatomy_figures_and_note(monkeypatch):
     out = step_anatomy.step_anatomy(4, 2, train_flops=1e9, peak=1e9)
     assert out["full_nockpt_samples_per_s"]["runs"] == [0.5, 0.4]
     assert out["full_nockpt_mfu"]["median"] == pytest.approx(0.45)
-    assert out["full_nockpt_b20_rss_estimate_gib"] == pytest.approx(22.0)  # 4 + 1 GiB per sample x 18
+    # 4 GiB + 1 GiB per sample x 18
+    assert out["full_nockpt_b20_rss_estimate_gib"] == pytest.approx(22.0)
     tr = {**out, "full_jemalloc_samples_per_s": common.figure([0.3], "samples/s", "c", batch=4)}
     text = "\n".join(doc_sections.train_lines(tr))
     assert "Checkpointing costs 33% of the throughput" in text and "~22 GiB" in text
@@ -378,3 +379,37 @@ def test_stages_together_leaves_out_the_total():
     st = {"ingest": 8.0, "pretrain": 75.0, "finetune": 204.0, "evaluate": 1.5, "total": 304.0,
           "_gate_rc": 0}  # fmt: skip
     assert stages_together(st) == 288.5
+
+
+def test_precision_section_pairs_rounds_and_says_whether_bf16_applied():
+    import doc_sections
+    import run_sections
+
+    def rec(sps, bf16):
+        return {"samples_per_s": sps, "batch": 20, "bf16": bf16, "command": "train_bench --bf16"}
+
+    pairs = {"local": [(rec(100.0, False), rec(150.0, True)), (rec(80.0, False), rec(160.0, True))]}
+    out = run_sections.precision_figures(pairs)
+    assert out["local_bf16_speedup"]["runs"] == [1.5, 2.0]  # paired by round, not medians
+    assert out["local_fp32_samples_per_s"]["median"] == 90.0 and out["local_bf16_applied"]
+    text = "\n".join(doc_sections.precision_lines(out))
+    assert "bf16 applied on this CPU" in text and "| local B=20: float32 (samples/s) | 90" in text
+    assert "| full B=?: float32 | not measured" in text  # never measured: says so
+    pairs["local"][0] = (rec(100.0, False), rec(101.0, False))  # a CPU without native bf16
+    text = "\n".join(doc_sections.precision_lines(run_sections.precision_figures(pairs)))
+    assert "bf16 did NOT apply on this CPU" in text
+
+
+def test_train_bench_bf16_flag_reports_what_applied(tmp_path):
+    import subprocess
+
+    from cloudml.model import bf16_applies
+
+    out = subprocess.run(
+        [sys.executable, str(BENCH / "train_bench.py"), "--size", "8x10", "--batch", "2",
+         "--frames", "2", "--steps", "1", "--warmup", "0", "--bf16", "--threads", "1"],
+        capture_output=True, text=True, timeout=120, check=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert (tmp_path / "build/bench/train.jsonl").is_file()  # its log, not the repo's
+    rec = json.loads(out.stdout.strip().splitlines()[-1])
+    assert rec["bf16"] is bf16_applies("cpu") and rec["samples_per_s"] > 0
