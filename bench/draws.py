@@ -1,12 +1,15 @@
 """Training draws: the tuned pipeline's stages on several synthetic campaigns and seeds.
 
     .venv/bin/python bench/draws.py train  [--campaigns 1,2,0] [--seeds 42,43,44] [--seeds0 ...]
+        [--set KEY=VALUE ...]
     .venv/bin/python bench/draws.py report [--k 3]
 
 `train` writes, per (campaign c, training seed s), build/draws/c<c>/s<s>/ with the evaluate
 stage's metrics.json and predictions.csv (ingest -> pretrain -> finetune -> evaluate, the
 same stage functions the pipeline's components call, at scale=local). Finished draws are
-skipped, so a stopped run resumes. Each draw is one single-member model.
+skipped, so a stopped run resumes. Each draw is one single-member model. `--set` overrides
+the tuned preset for every draw (e.g. mixed_precision=false for float32 draws on a bf16 CPU);
+give such draws their own CLOUDML_DRAWS_DIR.
 
 `import RUN_DIR --campaign C` adds the members of a `make run` (runs/<run>/predictions.csv
 has one column per member seed) as draws of campaign C: a pipeline member is the same
@@ -30,6 +33,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = Path(os.environ.get("CLOUDML_DRAWS_DIR", REPO / "build/draws"))
@@ -67,7 +71,9 @@ def _campaign(c: int) -> Path:
     return shards
 
 
-def train(campaigns: list[int], seeds: dict[int, list[int]]) -> None:
+def train(
+    campaigns: list[int], seeds: dict[int, list[int]], overrides: dict[str, Any] | None = None
+) -> None:
     from cloudml.config import load_config
     from cloudml.evaluate import evaluate
 
@@ -82,7 +88,7 @@ def train(campaigns: list[int], seeds: dict[int, list[int]]) -> None:
             d = OUT / f"c{c}" / f"s{s}"
             if (d / "metrics.json").exists():
                 continue
-            cfg = load_config("tuned", {"scale": "local", "seed": s})
+            cfg = load_config("tuned", {**(overrides or {}), "scale": "local", "seed": s})
             shards = {p.stem: p for p in sorted(shard_dir.glob("*.h5"))}
             work = OUT / f"c{c}" / f"work-s{s}"
             t0 = time.perf_counter()
@@ -193,6 +199,8 @@ def main() -> int:
     t.add_argument("--campaigns", default="1,2,0")
     t.add_argument("--seeds", default="42,43,44", help="training seeds on campaigns 1, 2")
     t.add_argument("--seeds0", default="42,43,44,45,46,47", help="training seeds on campaign 0")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every draw (repeatable)")  # fmt: skip
     i = sub.add_parser("import")
     i.add_argument("run_dir", type=Path)
     i.add_argument("--campaign", type=int, required=True)
@@ -210,7 +218,9 @@ def main() -> int:
         cs = [int(c) for c in args.campaigns.split(",")]
         other = [int(s) for s in args.seeds.split(",")]
         seeds = {c: ([int(s) for s in args.seeds0.split(",")] if c == 0 else other) for c in cs}
-        train(cs, seeds)
+        from cloudml.config import parse_overrides
+
+        train(cs, seeds, parse_overrides(args.set))
     return 0
 
 
