@@ -7,8 +7,9 @@
 `--checkpointing` turns on the model's gradient checkpointing (one chunk of B frames per frame
 index, model.encode_per_frame_index) regardless of frame size. `--warmup 0 --steps 1` times a
 single step, for full-size batches whose step takes minutes. `--bf16` runs the forward under
-the training loop's mixed-precision autocast (training.loop._autocast: bf16 on CUDA and on
-CPUs with native bf16, else float32; the JSON says which).
+the training loop's mixed-precision autocast as mixed_precision_cpu=true sets it
+(training.loop._autocast: bf16 on CUDA and on CPUs with native bf16, else float32; the JSON
+says which).
 
 Run it twice to compare allocators, e.g.
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 \\
@@ -58,7 +59,7 @@ def step_times(args: argparse.Namespace) -> dict:
     warm_s = 0.0
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
-        amp = _autocast(device) if args.bf16 else contextlib.nullcontext()
+        amp = _autocast(device, True, on_cpu=True) if args.bf16 else contextlib.nullcontext()
         with amp:
             out = model(x, s)
         loss = loss_fn(out.float(), y, cfg.train)
@@ -79,7 +80,7 @@ def step_times(args: argparse.Namespace) -> dict:
         "size": f"{h}x{w}", "batch": args.batch, "frames": args.frames, "device": str(device),
         "threads": torch.get_num_threads(), "memory_optimized": args.memory_optimized,
         "channels_last": args.channels_last, "checkpointing": args.checkpointing,
-        "compile": args.compile, "bf16": bool(args.bf16 and bf16_applies(device.type)),
+        "compile": args.compile, "bf16": bool(args.bf16 and bf16_applies(device.type, True)),
         "jemalloc": "jemalloc" in os.environ.get("LD_PRELOAD", ""),
         "step_s_median": round(med, 4), "step_s_min": round(min(times), 4),
         "samples_per_s": round(args.batch / med, 1), "steps": args.steps,

@@ -85,8 +85,9 @@ class Ensemble:
     scalers: list[dict[str, float]]
     seeds: list[int]
     temporal_frames: int
-    # per member: its config's mixed_precision (predictions in the precision it trained in)
-    mixed_precision: list[bool] | None = None
+    # per member: its config's (mixed_precision, mixed_precision_cpu), so that it predicts
+    # in the precision it trained in
+    precision: list[tuple[bool, bool]] | None = None
 
     def predict_pool(self, pool: Any, idx: np.ndarray | None = None) -> np.ndarray:
         """(K, n) predictions in km of every member for samples idx of `pool`."""
@@ -95,9 +96,9 @@ class Ensemble:
         device = device_for()
         idx = np.arange(len(pool)) if idx is None else idx
         out = []
-        amp = self.mixed_precision or [True] * len(self.nets)
-        for net, sc, mp in zip(self.nets, self.scalers, amp, strict=True):
-            z = predict(net.to(device), pool, idx, sc, device, mp)
+        amp = self.precision or [(True, False)] * len(self.nets)
+        for net, sc, (mp, mp_cpu) in zip(self.nets, self.scalers, amp, strict=True):
+            z = predict(net.to(device), pool, idx, sc, device, mp, mp_cpu)
             out.append(z * sc["cbh_std"] + sc["cbh_mean"])
         return np.stack(out)
 
@@ -125,7 +126,13 @@ def from_checkpoints(checkpoints: list[Path]) -> Ensemble:
         scalers=[ck["scalers"] for ck in cks],
         seeds=[int(ck["config"]["seed"]) for ck in cks],
         temporal_frames=frames.pop(),
-        mixed_precision=[bool(ck["config"].get("mixed_precision", True)) for ck in cks],
+        precision=[
+            (
+                bool(ck["config"].get("mixed_precision", True)),
+                bool(ck["config"].get("mixed_precision_cpu", False)),
+            )
+            for ck in cks
+        ],  # fmt: skip
     )
 
 

@@ -303,10 +303,11 @@ def cpu_bf16_native() -> bool:
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
-def bf16_applies(device_type: str) -> bool:
+def bf16_applies(device_type: str, on_cpu: bool) -> bool:
     """Whether mixed_precision's bf16 autocast runs on `device_type` ('cuda' or 'cpu') here:
-    on CUDA always, on CPU where bf16 is native (cpu_bf16_native)."""
-    return device_type == "cuda" or (device_type == "cpu" and cpu_bf16_native())
+    on CUDA always; on CPU only when asked (`on_cpu`: mixed_precision_cpu) and bf16 is
+    native (cpu_bf16_native)."""
+    return device_type == "cuda" or (device_type == "cpu" and on_cpu and cpu_bf16_native())
 
 
 def compile_model(net: CBHNet, mode: str) -> nn.Module:
@@ -337,6 +338,29 @@ class SettingInEffect:
     why: str  # the reason it differs from the config ("" when it does not)
 
 
+def _bf16_in_effect(
+    config: Mapping[str, Any], device_type: str | None, cpu_bf16: bool | None
+) -> tuple[bool | None, str]:
+    """(in effect, why not) for mixed_precision: see settings_in_effect."""
+    if device_type is None:
+        return None, "bf16 autocast needs CUDA or a CPU asked for it: the device was not recorded"
+    if device_type == "cuda":
+        return True, ""
+    if not config.get("mixed_precision_cpu", False):
+        return False, "bf16 autocast is off on CPU (mixed_precision_cpu: false), so float32"
+    if cpu_bf16 is None:
+        return (
+            None,
+            "mixed_precision_cpu is on: whether this run's CPU has native bf16 was not recorded",
+        )
+    if not cpu_bf16:
+        return False, (
+            "mixed_precision_cpu needs a CPU with native bf16 (AVX512-BF16 or AMX): this run's "
+            "CPU has none, so float32"
+        )
+    return True, ""
+
+
 def settings_in_effect(
     config: Mapping[str, Any],
     device_type: str | None,
@@ -344,23 +368,14 @@ def settings_in_effect(
     cpu_bf16: bool | None = None,
 ) -> list[SettingInEffect]:
     """mixed_precision, torch_compile and gradient_checkpointing as the training code applies
-    them (pure; `config` is Config.flat() or a run's config JSON): bf16 autocast on CUDA and
-    on CPUs with native bf16 (`cpu_bf16`, what cpu_bf16_native said on the run's CPU;
-    training.loop._autocast), torch.compile only on CUDA (maybe_compile), checkpointing only
-    for frames of at least CHECKPOINT_MIN_PIXELS (configure_checkpointing). A decider that
-    is None (not recorded) leaves in_effect unknown for the settings it decides."""
+    them (pure; `config` is Config.flat() or a run's config JSON): bf16 autocast on CUDA, and
+    on CPU only with mixed_precision_cpu and native bf16 (`cpu_bf16`, what cpu_bf16_native
+    said on the run's CPU; training.loop._autocast), torch.compile only on CUDA
+    (maybe_compile), checkpointing only for frames of at least CHECKPOINT_MIN_PIXELS
+    (configure_checkpointing). A decider that is None (not recorded) leaves in_effect
+    unknown for the settings it decides."""
     on_cuda = None if device_type is None else device_type == "cuda"
-    if device_type is None or (device_type == "cpu" and cpu_bf16 is None):
-        bf16, bf16_why = None, "bf16 autocast needs CUDA or a CPU with native bf16: " + (
-            "the device was not recorded" if device_type is None else
-            "whether this run's CPU has it was not recorded"
-        )  # fmt: skip
-    else:
-        bf16 = on_cuda or bool(cpu_bf16)
-        bf16_why = (
-            "bf16 autocast needs CUDA or a CPU with native bf16 (AVX512-BF16 or AMX): "
-            "this run's CPU has none, so float32"
-        )
+    bf16, bf16_why = _bf16_in_effect(config, device_type, cpu_bf16)
     big = None if frame_shape is None else frame_shape[0] * frame_shape[1] >= CHECKPOINT_MIN_PIXELS
     cpu = "this run was on CPU" if on_cuda is False else "the device was not recorded"
     px = f"used only for frames of at least {CHECKPOINT_MIN_PIXELS} px"

@@ -50,6 +50,7 @@ def resolve_config(
     overweight_factor: float,
     val_fraction: float,
     mixed_precision: bool,
+    mixed_precision_cpu: bool,
     seed: int,
     ensemble_size: int,
 ) -> str:

@@ -412,4 +412,4 @@ def test_train_bench_bf16_flag_reports_what_applied(tmp_path):
     )  # fmt: skip
     assert (tmp_path / "build/bench/train.jsonl").is_file()  # its log, not the repo's
     rec = json.loads(out.stdout.strip().splitlines()[-1])
-    assert rec["bf16"] is bf16_applies("cpu") and rec["samples_per_s"] > 0
+    assert rec["bf16"] is bf16_applies("cpu", True) and rec["samples_per_s"] > 0

@@ -48,8 +48,7 @@ def test_settings_on_cpu_with_small_frames_are_all_skipped_with_reasons():
     ]
     why = {s.key: s.why for s in got}
     assert why["mixed_precision"] == (
-        "bf16 autocast needs CUDA or a CPU with native bf16 (AVX512-BF16 or AMX): this run's "
-        "CPU has none, so float32"
+        "bf16 autocast is off on CPU (mixed_precision_cpu: false), so float32"
     )
     assert why["torch_compile"].startswith("compiled only on CUDA: this run was on CPU")
     assert why["gradient_checkpointing"].startswith(
@@ -57,16 +56,16 @@ def test_settings_on_cpu_with_small_frames_are_all_skipped_with_reasons():
     )
 
 
-def test_mixed_precision_on_cpu_follows_native_bf16():
+def test_mixed_precision_on_cpu_needs_the_switch_and_native_bf16():
+    asked = {**ALL_ON, "mixed_precision_cpu": True}
     on, off, unknown = (
-        settings_in_effect(ALL_ON, "cpu", (21, 32), cpu_bf16=v)[0] for v in (True, False, None)
+        settings_in_effect(asked, "cpu", (21, 32), cpu_bf16=v)[0] for v in (True, False, None)
     )
     assert (on.in_effect, on.why) == (True, "")
     assert off.in_effect is False and off.why.endswith("this run's CPU has none, so float32")
-    assert unknown.in_effect is None and unknown.why.endswith(
-        "whether this run's CPU has it was not recorded"
-    )
-    # CUDA does not depend on the CPU
+    assert unknown.in_effect is None and unknown.why.endswith("was not recorded")
+    # not asked: float32 on CPU whatever the CPU has; CUDA does not depend on either
+    assert settings_in_effect(ALL_ON, "cpu", (21, 32), cpu_bf16=True)[0].in_effect is False
     assert settings_in_effect(ALL_ON, "cuda", (21, 32), cpu_bf16=False)[0].in_effect is True
 
 
@@ -98,11 +97,12 @@ def test_settings_agree_with_what_the_model_does(shape, want):
     mcfg = replace(ModelConfig(), memory_optimized=True, gradient_checkpointing=want,
                    torch_compile=want)  # fmt: skip
     net = CBHNet(mcfg, temporal_frames=2)
-    config = {"gradient_checkpointing": want, "torch_compile": want, "mixed_precision": want}
+    config = {"gradient_checkpointing": want, "torch_compile": want, "mixed_precision": want,
+              "mixed_precision_cpu": want}  # fmt: skip
     said = {s.key: s.in_effect for s in settings_in_effect(config, "cpu", shape, cpu_bf16_native())}
     assert said["gradient_checkpointing"] is configure_checkpointing(net, shape)
     assert said["torch_compile"] is (maybe_compile(net, torch.device("cpu")) is not net)
-    with _autocast(torch.device("cpu"), want):
+    with _autocast(torch.device("cpu"), want, on_cpu=want):
         assert said["mixed_precision"] is torch.is_autocast_enabled("cpu")
 
 
@@ -189,10 +189,7 @@ def test_card_of_a_run_has_the_sections_and_its_snippet_predicts_one_batch(tmp_p
     details = card.split("## Model details", 1)[1].split("\n## ", 1)[0]
     assert "- run id: `tuned-test`" in details and "- commit: `0123abc`" in details
     assert "| torch_compile | false | no | as configured |" in card  # FAST switches it off
-    # on CPU: bf16 where this CPU has it natively (this float path), else float32
-    bf16 = "| mixed_precision | true | yes | as configured |"
-    fp32 = "| mixed_precision | true | no | bf16 autocast needs CUDA or a CPU with native bf16"
-    assert (bf16 if cpu_bf16_native() else fp32) in card
+    assert "| mixed_precision | true | no | bf16 autocast is off on CPU" in card  # the default
 
     shutil.copyfile(shards["12Feb25"], run / "12Feb25.h5")
     blocks = re.findall(r"```python\n(.*?)```", card, re.S)

@@ -282,11 +282,11 @@ CPU = "this run was on CPU"
 @pytest.mark.parametrize(
     ("device", "shape", "mp", "tc", "ckpt"),
     [
-        ("cpu", (28, 40), f"{OFF}bf16 autocast needs CUDA or a CPU with native bf16 (AVX512-BF16 "
-         "or AMX): this run's CPU has none, so float32",
+        ("cpu", (28, 40), f"{OFF}bf16 autocast is off on CPU (mixed_precision_cpu: false), so "
+         "float32",
          f"{OFF}compiled only on CUDA: {CPU} (compiling cost ~260 s",
          f"{OFF}used only for frames of at least 16384 px: 28x40 frames hold a few MB"),
-        (None, None, f"{UNKNOWN}bf16 autocast needs CUDA or a CPU with native bf16: the device "
+        (None, None, f"{UNKNOWN}bf16 autocast needs CUDA or a CPU asked for it: the device "
          "was not recorded",
          f"{UNKNOWN}compiled only on CUDA: the device was not recorded",
          f"{UNKNOWN}used only for frames of at least 16384 px: the frame size was not "
@@ -313,9 +313,12 @@ def test_card_and_html_do_not_list_skipped_settings_as_used():
         assert f'"{key}": true' not in card
         assert f'"{key}": "true in the config; not in effect: ' in card
         assert f"| {key} | true | no | " in card
-    bf16 = build_model_card(_ens_ctx(cpu_bf16=True))  # a CPU with native bf16
+    asked = _ens_ctx(cpu_bf16=True)  # a CPU with native bf16, and mixed_precision_cpu on
+    asked["config"] = {**asked["config"], "mixed_precision_cpu": True}
+    bf16 = build_model_card(asked)
     assert '"mixed_precision": true' in bf16 and "| mixed_precision | true | yes |" in bf16
-    unknown = build_model_card(_ens_ctx())  # an older run that did not record it
+    del asked["cpu_bf16"]  # an older run that did not record its CPU
+    unknown = build_model_card(asked)
     assert '"mixed_precision": "true in the config; in effect unknown: ' in unknown
     html = build_report_html(_ens_ctx(cpu_bf16=False))
     assert "<td>torch_compile</td><td>true</td><td>no</td><td>compiled only on CUDA" in html

@@ -221,12 +221,6 @@ def test_shuffled_labels_score_nothing_on_held_out_data(tmp_path):
     - paired, R²(real) - R²(shuffled) > 0.6: measured min 0.928, median 1.02. It is at
       least R²(real) - r²(shuffled), so it can only fail if the real R² falls below 0.65
       (12 sd) or the shuffled r² goes far past its 0.05 bound above.
-
-    The 48 draws above are float32. Since mixed_precision runs bf16 autocast on CPUs with
-    native bf16 (this AVX512-BF16 EPYC natively; the AVX2 and SSE4.1 paths stay float32),
-    16 more draws natively (8 seeds x 1 and 2 threads, bf16): real R² 0.798 .. 0.925 (mean
-    0.883, sd 0.033: the 0.5 bound is 11 sd below), shuffled r² <= 0.0073 and R² -0.26 ..
-    -0.035, paired difference min 0.903.
     """
     real = _control_run(tmp_path / "real", shuffle=False)
     shuffled = _control_run(tmp_path / "shuffled", shuffle=True)

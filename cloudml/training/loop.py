@@ -118,9 +118,10 @@ def predict(
     scalers: dict[str, float],
     device: torch.device,
     mixed_precision: bool = True,
+    mixed_precision_cpu: bool = False,
 ) -> np.ndarray:
     """Standardised predictions (n,) for samples `idx`, eval mode, bounded batch memory;
-    bf16 autocast with `mixed_precision` where it applies (_autocast), as the model trained."""
+    bf16 autocast as the model's config asks where it applies (_autocast)."""
     net.eval()
     t, (h, w) = pool.temporal_frames, pool.frame_shape
     bs = int(max(1, min(512, EVAL_PIXEL_BUDGET // (t * h * w))))
@@ -131,7 +132,7 @@ def predict(
         s = scalar_inputs(
             torch.as_tensor(pool.sza_deg[b]), torch.as_tensor(pool.saa_deg[b]), scalers
         )
-        with _autocast(device, mixed_precision):
+        with _autocast(device, mixed_precision, mixed_precision_cpu):
             out.append(net(x, s.to(device)).float().cpu())
     return torch.cat(out).numpy().astype(np.float64) if out else np.zeros(0)
 
@@ -145,6 +146,7 @@ def recalibrate_bn(
     batch_size: int,
     device: torch.device,
     mixed_precision: bool = True,
+    mixed_precision_cpu: bool = False,
 ) -> None:
     """Re-estimate BatchNorm running statistics for the weights as they are now ("precise
     BN", Wu & Johnson 2021): forward passes with BatchNorm in train mode and everything else
@@ -178,18 +180,20 @@ def recalibrate_bn(
         s = scalar_inputs(
             torch.as_tensor(pool.sza_deg[b]), torch.as_tensor(pool.saa_deg[b]), scalers
         )
-        with _autocast(device, mixed_precision):
+        with _autocast(device, mixed_precision, mixed_precision_cpu):
             net(gather_batch(pool, b).to(device), s.to(device))
     for m, mom in zip(bns, saved, strict=True):
         m.momentum = mom
 
 
-def _autocast(device: torch.device, enabled: bool = True) -> Any:
-    """bf16 autocast (mixed_precision) where bf16 is native: CUDA, or a CPU with AVX512-BF16
-    or AMX (cloudml.model.bf16_applies); a no-op context elsewhere. Weights, optimizer state,
-    EMA and the loss stay float32. Measured on the 2-core AVX512-BF16 EPYC (local scale,
-    30Oct24 pretrain, 6 epochs): 1.5x faster epochs, losses within 0.01 of float32's."""
-    on = enabled and bf16_applies(device.type)
+def _autocast(device: torch.device, enabled: bool = True, on_cpu: bool = False) -> Any:
+    """bf16 autocast (mixed_precision) on CUDA, and on CPU only when asked (`on_cpu`:
+    mixed_precision_cpu) and bf16 is native there (AVX512-BF16 or AMX,
+    cloudml.model.bf16_applies); a no-op context elsewhere. Weights, optimizer state, EMA
+    and the loss stay float32. Measured on the 2-core AVX512-BF16 EPYC at local scale: epochs
+    1.5x faster, but the trained models' 12Feb25 R² lower on average (docs/draws.md), hence
+    off on CPU by default."""
+    on = enabled and bf16_applies(device.type, on_cpu)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
 
 
@@ -245,7 +249,7 @@ def _train_epoch(
         for g in opt.param_groups:
             if state.global_step < tc.warmup_steps:
                 g["lr"] = lr_at(state.global_step, tc)
-        with _autocast(device, tc.mixed_precision):
+        with _autocast(device, tc.mixed_precision, tc.mixed_precision_cpu):
             loss = loss_fn(learner.model(x.to(device), s.to(device)).float(), y.to(device), tc)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -266,7 +270,10 @@ def _validate(
     learner: Learner, pool: Pool, val_idx: np.ndarray, scalers: dict[str, float], tc: TrainConfig
 ) -> tuple[float, float]:
     """(loss on the standardised target, R² in km) of the judged weights on `val_idx`."""
-    pred = predict(learner.judged, pool, val_idx, scalers, learner.device, tc.mixed_precision)
+    pred = predict(
+        learner.judged, pool, val_idx, scalers, learner.device, tc.mixed_precision,
+        tc.mixed_precision_cpu,
+    )  # fmt: skip
     sel_loss = float(loss_fn(torch.as_tensor(pred), targets(pool, val_idx, scalers).double(), tc))
     km = pred * scalers["cbh_std"] + scalers["cbh_mean"]
     return sel_loss, regression_metrics(pool.cbh_km[val_idx], km)["r2"]
@@ -331,7 +338,7 @@ def fit(
         lr_used = learner.opt.param_groups[0]["lr"]
         recalibrate_bn(
             learner.judged, pool, order[:BN_RECAL_SAMPLES], scalers, tc.batch_size,
-            learner.device, tc.mixed_precision,
+            learner.device, tc.mixed_precision, tc.mixed_precision_cpu,
         )  # fmt: skip
         sel_loss, sel_r2 = _validate(learner, pool, val_idx, scalers, tc)
         better = _select(learner, state, sel_loss, epoch, tc)
