@@ -282,8 +282,8 @@ def precision_lines(pr: dict[str, Any]) -> list[str]:
         b = (pr.get(f"{size}_fp32_samples_per_s") or {}).get("batch", "?")
         rows += figure_rows([
             (f"{size} B={b}: float32", pr.get(f"{size}_fp32_samples_per_s"), "", 1.0),
-            (f"{size} B={b}: mixed_precision (bf16 autocast)", pr.get(f"{size}_bf16_samples_per_s"),
-             "", 1.0),
+            (f"{size} B={b}: bf16 autocast (mixed_precision_cpu)",
+             pr.get(f"{size}_bf16_samples_per_s"), "", 1.0),
             (f"{size} B={b}: bf16 / float32, paired by round", pr.get(f"{size}_bf16_speedup"),
              "", 1.0),
         ])  # fmt: skip
@@ -298,11 +298,12 @@ def precision_lines(pr: dict[str, Any]) -> list[str]:
         "",
         measured_line(pr),
         "The training step of section 3 (jemalloc) with and without the training loop's "
-        "mixed-precision autocast (mixed_precision, on in both presets: bf16 where the device "
-        "has it natively, training.loop._autocast), alternated in each round. Weights, "
+        "bf16 autocast as `--set mixed_precision_cpu=true` turns it on (training.loop."
+        "_autocast; on CPU it is off by default), alternated in each round. Weights, "
         "optimizer and loss stay float32; the rows above are float32, as their MFU is against "
-        f"the fp32 matmul ceiling. {where}. What bf16 does to the trained models' R² is in "
-        "docs/draws.md.",
+        f"the fp32 matmul ceiling. {where}. The trained models' R² was lower with bf16 on "
+        "average over 12 paired draws, so CPU training stays float32 unless asked "
+        "(docs/draws.md, 'Float32 or bf16 on CPU?').",
         "",
         markdown_table(rows, FIGURE_HEADER),
         "",

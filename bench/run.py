@@ -9,8 +9,8 @@ Sections (each runnable alone with --only; the others keep their last results):
   loader  bench/loader_bench.py: production loader vs research-style reread loader;
   train   bench/train_bench.py per scale and allocator in subprocesses (samples/s, peak RSS
           via wait4), bench/mfu.py for FLOPs/sample and the fp32 matmul ceiling;
-  precision  the training step with and without mixed_precision's autocast (bf16 on CPUs
-          with native bf16), alternated per round, local scale and full size;
+  precision  the training step with and without bf16 autocast (mixed_precision_cpu=true,
+          on CPUs with native bf16), alternated per round, local scale and full size;
   e2e     wall time of `make run PIPELINE=tuned` with the default ensemble and with one
           member (per-stage seconds from the run folder's metrics.json) and of `make test`;
   research  the research team's own code beside ours in alternating rounds

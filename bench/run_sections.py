@@ -199,8 +199,9 @@ def precision_figures(pairs: dict[str, list[tuple[dict, dict]]]) -> dict[str, An
     for size, recs in pairs.items():
         if not recs:
             continue
-        fp32 = [a["samples_per_s"] for a, _ in recs]
-        bf16 = [b["samples_per_s"] for _, b in recs]
+        # from the step time: train_bench rounds samples/s to 0.1 (0.3 at full size)
+        fp32 = [a["batch"] / a["step_s_median"] for a, _ in recs]
+        bf16 = [b["batch"] / b["step_s_median"] for _, b in recs]
         cmd = recs[0][1]["command"] + " (LD_PRELOAD=jemalloc), against the same without --bf16"
         batch = recs[0][0]["batch"]
         out[f"{size}_fp32_samples_per_s"] = figure(fp32, "samples/s", cmd, batch=batch)
@@ -211,9 +212,10 @@ def precision_figures(pairs: dict[str, list[tuple[dict, dict]]]) -> dict[str, An
 
 
 def bench_precision(repeats: int, quick: bool, full_repeats: int) -> dict[str, Any]:
-    """Section precision: the training step with and without mixed_precision's autocast
-    (bf16 where native, training.loop._autocast), alternated in each round so that drift
-    hits both; local scale (batch 20) and full size (batch 4, checkpointed)."""
+    """Section precision: the training step with and without the bf16 autocast of
+    mixed_precision_cpu=true (bf16 where native, training.loop._autocast), alternated in
+    each round so that drift hits both; local scale (batch 20) and full size (batch 4,
+    checkpointed)."""
     from children import train_child
 
     plan = {"local": (20, 3 if quick else 20, 2 if quick else 3, 1 if quick else repeats)}
@@ -225,7 +227,7 @@ def bench_precision(repeats: int, quick: bool, full_repeats: int) -> dict[str, A
         for i in range(runs):
             a, b = (train_child(size, batch, steps, warmup, jemalloc_env(), f"prec-{size}-{m}-{i}",
                                 bf16=m == "bf16") for m in ("fp32", "bf16"))  # fmt: skip
-            print(f"precision {size} round {i + 1}: float32 {a['samples_per_s']} vs bf16 "
-                  f"{b['samples_per_s']} samples/s", flush=True)  # fmt: skip
+            print(f"precision {size} round {i + 1}: float32 {a['step_s_median']} vs bf16 "
+                  f"{b['step_s_median']} s per step", flush=True)  # fmt: skip
             pairs[size].append((a, b))
     return precision_figures(pairs)

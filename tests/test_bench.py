@@ -385,12 +385,14 @@ def test_precision_section_pairs_rounds_and_says_whether_bf16_applied():
     import doc_sections
     import run_sections
 
-    def rec(sps, bf16):
-        return {"samples_per_s": sps, "batch": 20, "bf16": bf16, "command": "train_bench --bf16"}
+    def rec(sps, bf16):  # samples/s as train_bench rounds it; the figure uses the step time
+        return {"samples_per_s": round(sps, -1), "step_s_median": 20 / sps, "batch": 20,
+                "bf16": bf16, "command": "train_bench --bf16"}  # fmt: skip
 
-    pairs = {"local": [(rec(100.0, False), rec(150.0, True)), (rec(80.0, False), rec(160.0, True))]}
+    pairs = {"local": [(rec(100.0, False), rec(154.0, True)), (rec(80.0, False), rec(160.0, True))]}
     out = run_sections.precision_figures(pairs)
-    assert out["local_bf16_speedup"]["runs"] == [1.5, 2.0]  # paired by round, not medians
+    # paired by round, not medians; from the step time, not the rounded samples/s
+    assert out["local_bf16_speedup"]["runs"] == pytest.approx([1.54, 2.0])
     assert out["local_fp32_samples_per_s"]["median"] == 90.0 and out["local_bf16_applied"]
     text = "\n".join(doc_sections.precision_lines(out))
     assert "bf16 applied on this CPU" in text and "| local B=20: float32 (samples/s) | 90" in text
