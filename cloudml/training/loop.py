@@ -190,8 +190,8 @@ def _autocast(device: torch.device, enabled: bool = True, on_cpu: bool = False) 
     """bf16 autocast (mixed_precision) on CUDA, and on CPU only when asked (`on_cpu`:
     mixed_precision_cpu) and bf16 is native there (AVX512-BF16 or AMX,
     cloudml.model.bf16_applies); a no-op context elsewhere. Weights, optimizer state, EMA
-    and the loss stay float32. Measured on the 2-core AVX512-BF16 EPYC at local scale: epochs
-    1.5x faster, but the trained models' 12Feb25 R² lower on average (docs/draws.md), hence
+    and the loss stay float32. Measured on the 2-core AVX512-BF16 EPYC at local scale: steps
+    1.4x faster, but the trained models' 12Feb25 R² lower on average (docs/draws.md), hence
     off on CPU by default."""
     on = enabled and bf16_applies(device.type, on_cpu)
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=on)
