@@ -65,6 +65,12 @@ def checked(res: dict[str, Any], what: str) -> dict[str, Any]:
 SIZES = {"local": "22x32", "full": "440x640"}
 
 
+def child_samples_per_s(rec: dict[str, Any]) -> float:
+    """batch / median step seconds of a train_bench record (its own samples_per_s is
+    rounded to 0.1: 0.3 at full size)."""
+    return rec["batch"] / rec["step_s_median"]
+
+
 def train_child(size: str, batch: int, steps: int, warmup: int, env: dict[str, str],
                 tag: str, checkpointing: bool | None = None,
                 bf16: bool = False) -> dict[str, Any]:  # fmt: skip

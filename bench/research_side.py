@@ -29,7 +29,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from children import SIZES, checked, run_child, train_child
+from children import SIZES, checked, child_samples_per_s, run_child, train_child
 from common import figure, glibc_env, jemalloc_env, ratio_figure, summarize
 
 ENV_VARS = ("RESEARCH_BENCH", "ORIG_CLOUDML", "RESEARCH_PY")
@@ -110,7 +110,7 @@ def paired_train(paths, cfg, data, alloc_env, name, batch, steps, rounds, tag):
     ours, theirs = {"sps": [], "rss": []}, {"sps": [], "rss": []}
     for i in range(rounds):
         rec = train_child(name, batch, steps, warm, alloc_env, f"rs-ours-{tag}-{i}")
-        ours["sps"].append(rec["batch"] / rec["step_s_median"])
+        ours["sps"].append(child_samples_per_s(rec))
         ours["rss"].append(rec["peak_rss_bytes"] / 2**30)
         r = checked(run_child(research_cmd(paths, cfg, *r_args), research_env(alloc_env, paths),
                               f"rs-research-{tag}-{i}"), f"research train {tag}")  # fmt: skip

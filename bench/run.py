@@ -36,7 +36,14 @@ from typing import Any
 
 import common
 import research_side
-from children import PY, checked, last_json_line, run_child, train_child  # noqa: F401  (tests reach run.<name>)
+from children import (  # noqa: F401  (tests reach run.<name>)
+    PY,
+    checked,
+    child_samples_per_s,
+    last_json_line,
+    run_child,
+    train_child,
+)
 from common import REPO, extrapolate_rss, figure, glibc_env, jemalloc_env
 from run_sections import (  # noqa: F401  (tests/test_bench.py reaches them as run.<name>)
     bench_e2e,
@@ -63,11 +70,6 @@ def mem_available_bytes() -> float:
         if line.startswith("MemAvailable:"):
             return int(line.split()[1]) * 1024
     return float("inf")
-
-
-def child_samples_per_s(rec: dict[str, Any]) -> float:
-    """batch / median step seconds (train_bench's own samples_per_s is rounded to 0.1)."""
-    return rec["batch"] / rec["step_s_median"]
 
 
 def ceiling_and_flops(quick: bool) -> dict[str, Any]:

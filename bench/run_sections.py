@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from children import PY, checked, last_json_line, run_child
+from children import PY, checked, child_samples_per_s, last_json_line, run_child, train_child
 from common import REPO, figure, jemalloc_env, ratio_figure
 
 
@@ -199,9 +199,8 @@ def precision_figures(pairs: dict[str, list[tuple[dict, dict]]]) -> dict[str, An
     for size, recs in pairs.items():
         if not recs:
             continue
-        # from the step time: train_bench rounds samples/s to 0.1 (0.3 at full size)
-        fp32 = [a["batch"] / a["step_s_median"] for a, _ in recs]
-        bf16 = [b["batch"] / b["step_s_median"] for _, b in recs]
+        fp32 = [child_samples_per_s(a) for a, _ in recs]
+        bf16 = [child_samples_per_s(b) for _, b in recs]
         cmd = recs[0][1]["command"] + " (LD_PRELOAD=jemalloc), against the same without --bf16"
         batch = recs[0][0]["batch"]
         out[f"{size}_fp32_samples_per_s"] = figure(fp32, "samples/s", cmd, batch=batch)
@@ -216,8 +215,6 @@ def bench_precision(repeats: int, quick: bool, full_repeats: int) -> dict[str, A
     mixed_precision_cpu=true (bf16 where native, training.loop._autocast), alternated in
     each round so that drift hits both; local scale (batch 20) and full size (batch 4,
     checkpointed)."""
-    from children import train_child
-
     plan = {"local": (20, 3 if quick else 20, 2 if quick else 3, 1 if quick else repeats)}
     if not quick:
         plan["full"] = (4, 2, 1, full_repeats)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from children import PY, checked, last_json_line, run_child, train_child
+from children import PY, checked, child_samples_per_s, last_json_line, run_child, train_child
 from common import extrapolate_rss, figure, jemalloc_env
 
 GIB = 2**30
@@ -31,7 +31,7 @@ def step_anatomy(batch: int, runs: int, train_flops: float, peak: float) -> dict
     import mfu as mfu_mod
 
     recs = [nockpt_child(batch, 2, 1, f"full-nockpt-{i}") for i in range(runs)]
-    sps = [r["batch"] / r["step_s_median"] for r in recs]
+    sps = [child_samples_per_s(r) for r in recs]
     cmd = recs[0]["command"]
     rss = [r["peak_rss_bytes"] for r in recs]
     probe = nockpt_child(2, 1, 1, "full-nockpt-probe-b2")["peak_rss_bytes"]

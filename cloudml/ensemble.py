@@ -87,7 +87,7 @@ class Ensemble:
     temporal_frames: int
     # per member: its config's (mixed_precision, mixed_precision_cpu), so that it predicts
     # in the precision it trained in
-    precision: list[tuple[bool, bool]] | None = None
+    precision: list[tuple[bool, bool]]
 
     def predict_pool(self, pool: Any, idx: np.ndarray | None = None) -> np.ndarray:
         """(K, n) predictions in km of every member for samples idx of `pool`."""
@@ -96,8 +96,7 @@ class Ensemble:
         device = device_for()
         idx = np.arange(len(pool)) if idx is None else idx
         out = []
-        amp = self.precision or [(True, False)] * len(self.nets)
-        for net, sc, (mp, mp_cpu) in zip(self.nets, self.scalers, amp, strict=True):
+        for net, sc, (mp, mp_cpu) in zip(self.nets, self.scalers, self.precision, strict=True):
             z = predict(net.to(device), pool, idx, sc, device, mp, mp_cpu)
             out.append(z * sc["cbh_std"] + sc["cbh_mean"])
         return np.stack(out)

@@ -295,9 +295,10 @@ def maybe_compile(net: CBHNet, device: torch.device) -> nn.Module:
 @functools.cache
 def cpu_bf16_native() -> bool:
     """Whether this CPU runs oneDNN's bf16 kernels natively: AVX512-BF16 or AMX, and oneDNN
-    may use them (ONEDNN_MAX_CPU_ISA). Elsewhere oneDNN emulates bf16: a local-scale conv
-    step ran 16x slower than float32 under ONEDNN_MAX_CPU_ISA=AVX2 (measured), so there
-    mixed_precision falls back to float32."""
+    may use them (ONEDNN_MAX_CPU_ISA). Elsewhere oneDNN emulates bf16: under
+    ONEDNN_MAX_CPU_ISA=AVX2 the two large local-scale convolutions' forward + backward ran
+    16-20x slower in bf16 than in float32 (median of 8 steps each, this EPYC), so there
+    mixed_precision_cpu falls back to float32."""
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         return False
     return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())

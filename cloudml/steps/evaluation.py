@@ -106,6 +106,7 @@ def run_evaluate(
     """
     from cloudml.ensemble import write_ensemble
     from cloudml.evaluate import evaluate
+    from cloudml.model import cpu_bf16_native
     from cloudml.report import load_plots, write_report
     from cloudml.training.checkpoint import verify_stage_checkpoint
 
@@ -131,6 +132,7 @@ def run_evaluate(
     summaries = ingest_summaries(shard_dirs)
     stages = stage_seconds(summaries, member_dirs)
     stages["evaluate"] = time.perf_counter() - t0
+    device = _device()
     ctx = {
         "pipeline": cfg.preset,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -141,8 +143,9 @@ def run_evaluate(
         "data_source": data_source(summaries),
         "plots": load_plots(out_dir),
         "stages": stages,
-        "device": _device(),
-        **({"cpu_bf16": _cpu_bf16()} if _device() == "cpu" else {}),
+        "device": device,
+        # whether this CPU runs bf16 natively (mixed_precision_cpu can apply on it)
+        **({"cpu_bf16": cpu_bf16_native()} if device == "cpu" else {}),
         **({"run_id": run_id} if run_id else {}),
         **({"commit": os.environ["CLOUDML_COMMIT"]} if os.environ.get("CLOUDML_COMMIT") else {}),
     }
@@ -156,13 +159,6 @@ def run_evaluate(
     write_json(out_dir / "gate.json", verdict.as_dict(), **JSON_OPTIONS)
     telemetry.duration(stages["evaluate"])
     return {**metrics, "gate": verdict.as_dict()}
-
-
-def _cpu_bf16() -> bool:
-    """Whether this CPU runs bf16 natively (mixed_precision applies on it)."""
-    from cloudml.model import cpu_bf16_native
-
-    return cpu_bf16_native()
 
 
 def _device() -> str:
