@@ -261,9 +261,11 @@ class TrainConfig:
         "Training seed of the first ensemble member; member i trains with seed + i.",
     )
     ensemble_size: int = key(
-        3,
+        2,
         "Members of the shipped ensemble, 1-16, each its own pretrain + finetune with its "
-        "own seed; evaluate averages their predictions. 1 = a single model.",
+        "own seed; evaluate averages their predictions. 1 = a single model. Default 2: what "
+        "`make run` fits in 15 minutes on a 2-core CPU; 3 halves the spread further "
+        "(docs/draws.md) where members train in parallel.",
     )
 
 

@@ -156,7 +156,7 @@ def test_parameters_are_every_config_key_with_preset_defaults(compiled):
     assert not SINGLE_VALUE_KEYS & set(params)
     assert params["beat_baseline"]["defaultValue"] is True
     assert params["skill_margin"]["defaultValue"] == 0.0
-    assert params["ensemble_size"]["defaultValue"] == 3
+    assert params["ensemble_size"]["defaultValue"] == 2
     flat = load_config(preset).flat()
     for key, value in flat.items():
         if key in SINGLE_VALUE_KEYS:
