@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/draws.py train  [--campaigns 1,2,0] [--seeds 42,43,44] [--seeds0 ...]
         [--set KEY=VALUE ...]
-    .venv/bin/python bench/draws.py report [--k 3]
+    .venv/bin/python bench/draws.py report [--k K]
 
 `train` writes, per (campaign c, training seed s), build/draws/c<c>/s<s>/ with the evaluate
 stage's metrics.json and predictions.csv (ingest -> pretrain -> finetune -> evaluate, the
@@ -157,10 +157,51 @@ def _passes(r2s: list[float], base: float) -> str:
     return f"{sum(x > THRESHOLD and x > base for x in r2s)}/{len(r2s)}"
 
 
-def report(k: int) -> str:
-    """The draws table (markdown), written to docs/draws.md."""
+def _combos(y, preds: dict, k: int) -> tuple[list[float], list[float]]:
+    """(R² of disjoint k-member groups in seed order, R² of every k-combination)."""
     import numpy as np
 
+    seeds = sorted(preds)
+    groups = [seeds[i : i + k] for i in range(0, len(seeds) - k + 1, k)]
+    disjoint = [_r2(y, np.mean([preds[s] for s in g], axis=0)) for g in groups]
+    every = [
+        _r2(y, np.mean([preds[s] for s in g], axis=0)) for g in itertools.combinations(seeds, k)
+    ]
+    return disjoint, every
+
+
+def _sd(xs: list[float]) -> float:
+    import numpy as np
+
+    return float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0
+
+
+def choice_rows(campaigns: dict[int, tuple], ks: tuple[int, ...]) -> list[str]:
+    """The ensemble-size comparison: per campaign and K, the median, sd, sd against a single
+    member's and gate pass rate over every K-combination of the draws."""
+    import numpy as np
+
+    lines = [
+        "| campaign | K | combinations | median R² | sd | sd / single sd | gate pass |",
+        "|---" * 7 + "|",
+    ]
+    for c, (y, preds, base) in campaigns.items():
+        single_sd = _sd(_combos(y, preds, 1)[1])
+        for k in ks:
+            every = _combos(y, preds, k)[1]
+            if not every:
+                continue
+            ratio = _sd(every) / single_sd if single_sd > 0 else float("nan")
+            lines.append(
+                f"| {c} | {k} | {len(every)} | {np.median(every):.3f} | {_sd(every):.3f} | "
+                f"{ratio:.2f} | {_passes(every, base)} |"
+            )
+    return lines
+
+
+def report(k: int, compare: tuple[int, ...] = (1, 2, 3)) -> str:
+    """The draws table for ensembles of k (markdown, written to docs/draws.md), the single
+    members, and the ensemble sizes in `compare` side by side."""
     lines = [
         "| campaign | draws (seeds) | baseline R² | single R²: median | range | sd "
         f"| single: gate pass | {k}-member ensembles, disjoint groups | all {k}-combinations: "
@@ -168,17 +209,15 @@ def report(k: int) -> str:
         "|---" * 12 + "|",
     ]
     detail = []
+    campaigns = {}
     for c in sorted(int(p.name[1:]) for p in OUT.glob("c*") if p.is_dir()):
         y, preds, base = _load(c)
         if not preds:
             continue
+        campaigns[c] = (y, preds, base)
         seeds = sorted(preds)
-        single = [_r2(y, preds[s]) for s in seeds]
-        groups = [seeds[i : i + k] for i in range(0, len(seeds) - k + 1, k)]
-        disjoint = [_r2(y, np.mean([preds[s] for s in g], axis=0)) for g in groups]
-        combos = [
-            _r2(y, np.mean([preds[s] for s in g], axis=0)) for g in itertools.combinations(seeds, k)
-        ]
+        single = _combos(y, preds, 1)[1]
+        disjoint, combos = _combos(y, preds, k)
         lines.append(
             f"| {c} | {len(seeds)} ({seeds[0]}–{seeds[-1]}) | {base:.3f} | {_stats(single)} | "
             f"{_passes(single, base)} | {', '.join(f'{x:.3f}' for x in disjoint) or '–'} | "
@@ -188,7 +227,14 @@ def report(k: int) -> str:
             f"- campaign {c}: "
             + ", ".join(f"seed {s}: {r:.3f}" for s, r in zip(seeds, single, strict=True))
         )
-    text = "\n".join(lines + ["", "Single members:", "", *detail, ""])
+    choice = [
+        "",
+        f"Ensemble sizes side by side (every K-combination of the same draws; K = 1 is the "
+        f"single members; {k} is the default `ensemble_size`):",
+        "",
+        *choice_rows(campaigns, compare),
+    ]
+    text = "\n".join(lines + ["", "Single members:", "", *detail, *choice, ""])
     return text
 
 
@@ -205,12 +251,16 @@ def main() -> int:
     i.add_argument("run_dir", type=Path)
     i.add_argument("--campaign", type=int, required=True)
     r = sub.add_parser("report")
-    r.add_argument("--k", type=int, default=3, help="ensemble size")
+    r.add_argument(
+        "--k", type=int, default=None, help="ensemble size (default: the config's ensemble_size)"
+    )
     args = ap.parse_args()
     if args.cmd == "import":
         print(import_run(args.run_dir, args.campaign))
     elif args.cmd == "report":
-        text = report(args.k)
+        from cloudml.config import load_config
+
+        text = report(args.k or load_config("tuned").train.ensemble_size)
         print(text)
         kept = DOC.read_text().partition(MARKER)[1:] if DOC.is_file() else ("", "")
         DOC.write_text(DOC_HEAD + text + "".join(kept))

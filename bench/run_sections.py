@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -137,13 +138,23 @@ def stages_together(stages: dict[str, float]) -> float:
 
 
 def _timed_make_runs(repeats: int, extra: list[str], tag: str) -> tuple[list[float], list[dict]]:
-    """`make run PIPELINE=tuned [extra]` `repeats` times: wall seconds and per-stage seconds."""
+    """`make run PIPELINE=tuned [extra]` `repeats` times: wall seconds and per-stage seconds.
+
+    Each run gets an empty store of its own (CLOUDML_STORE, removed afterwards): training
+    stages resume from the state an identical earlier run left in the store
+    (cloudml.store.resume), so a second run on the default store would time a resume."""
     runs_dir = REPO / "runs"
     walls, stages = [], []
     for i in range(repeats):
         t0 = time.time()
-        res = run_child(["make", "run", "PIPELINE=tuned", *extra], dict(os.environ),
-                        f"make-run-{tag}-{i}", stream=True)  # fmt: skip
+        (REPO / "build" / "bench").mkdir(parents=True, exist_ok=True)
+        store = Path(tempfile.mkdtemp(prefix=f"store-{tag}-", dir=REPO / "build" / "bench"))
+        try:
+            res = run_child(["make", "run", "PIPELINE=tuned", *extra],
+                            {**os.environ, "CLOUDML_STORE": str(store)},
+                            f"make-run-{tag}-{i}", stream=True)  # fmt: skip
+        finally:
+            shutil.rmtree(store, ignore_errors=True)
         d = newest_run_dir(runs_dir, "tuned", after=t0)
         if d is None:
             raise RuntimeError(

@@ -415,3 +415,33 @@ def test_train_bench_bf16_flag_reports_what_applied(tmp_path):
     assert (tmp_path / "build/bench/train.jsonl").is_file()  # its log, not the repo's
     rec = json.loads(out.stdout.strip().splitlines()[-1])
     assert rec["bf16"] is bf16_applies("cpu", True) and rec["samples_per_s"] > 0
+
+
+def test_timed_make_runs_start_each_run_on_an_empty_store(tmp_path, monkeypatch):
+    """A timed `make run` must train from scratch: an identical earlier run's stage state in
+    the store would be resumed (cloudml.store.resume), so each run gets its own empty
+    CLOUDML_STORE, removed after it."""
+    import run_sections
+
+    seen = []
+
+    def fake_child(cmd, env, log_name, stream=False):
+        store = Path(env["CLOUDML_STORE"])
+        seen.append((store, sorted(store.iterdir())))
+        (store / "runs").mkdir()  # what a run leaves there
+        d = tmp_path / "runs" / f"tuned-{len(seen)}"
+        d.mkdir(parents=True)
+        (d / "metrics.json").write_text(json.dumps({"seconds": {"pretrain": 1.0, "total": 2.0}}))
+        return {"rc": 0, "wall_s": 3.0 + len(seen)}
+
+    monkeypatch.setattr(run_sections, "run_child", fake_child)
+    monkeypatch.setattr(run_sections, "REPO", tmp_path)
+    monkeypatch.setattr(run_sections, "newest_run_dir",
+                        lambda runs, pipeline, after=0.0: sorted(runs.iterdir())[-1])  # fmt: skip
+    monkeypatch.setenv("CLOUDML_STORE", str(tmp_path / "users-store"))
+    walls, stages = run_sections._timed_make_runs(2, [], "t")
+    assert walls == [4.0, 5.0] and len(stages) == 2
+    (a, a_files), (b, b_files) = seen
+    assert a != b and a_files == [] == b_files
+    assert not a.exists() and not b.exists()
+    assert tmp_path / "users-store" not in (a, b)

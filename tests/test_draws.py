@@ -71,3 +71,31 @@ def test_import_run_splits_members_into_draws(draws, tmp_path):
     assert mod.import_run(run, 7) == [42, 43]
     rows = list(csv.DictReader(open(out / "c7" / "s43" / "predictions.csv")))
     assert [r["cbh_pred_km"] for r in rows] == ["1.0", "2.0"]
+
+
+def test_ensemble_sizes_side_by_side(draws):
+    """The K comparison: one row per K with the number of K-combinations, their median and
+    sd, the sd against the single members' and the pass count; K = 4 of 4 members is one
+    combination whose errors cancel (sd 0, R² 1)."""
+    mod, out = draws
+    y = np.linspace(0.2, 1.8, 60)
+    noise = np.random.default_rng(1).normal(0, 0.3, (4, 60))
+    noise -= noise.mean(axis=0)
+    for s, e in zip((42, 43, 44, 45), noise, strict=True):
+        _write(out / "c7" / f"s{s}", y, y + e)
+    text = mod.report(2, compare=(1, 2, 4))
+    rows = [[x.strip() for x in line.split("|")[1:-1]] for line in text.splitlines()
+            if line.startswith("| 7 | ")]  # fmt: skip
+    cells = {int(c[1]): c for c in rows if len(c) == 7}  # the main table's row has 12 cells
+    assert sorted(cells) == [1, 2, 4]
+    assert [cells[k][2] for k in (1, 2, 4)] == ["4", "6", "1"]
+    singles = [1 - np.sum(e**2) / np.sum((y - y.mean()) ** 2) for e in noise]
+    assert cells[1][3] == f"{np.median(singles):.3f}" and cells[1][5] == "1.00"
+    pairs = []
+    for i in range(4):
+        for j in range(i + 1, 4):
+            e = (noise[i] + noise[j]) / 2
+            pairs.append(1 - np.sum(e**2) / np.sum((y - y.mean()) ** 2))
+    assert cells[2][4] == f"{np.std(pairs, ddof=1):.3f}"
+    assert cells[2][5] == f"{np.std(pairs, ddof=1) / np.std(singles, ddof=1):.2f}"
+    assert cells[4][3] == "1.000" and cells[4][4] == "0.000" and cells[4][6] == "1/1"
