@@ -234,6 +234,13 @@ class TrainConfig:
         0.0005,
         "Smallest drop in selection-split loss that counts as an improvement, >= 0.",
     )
+    early_stopping_after_warmup: bool = key(
+        False,
+        "Count early-stopping patience only after the learning-rate warm-up, as the plateau "
+        "schedule does (an improvement during warm-up still resets it). Off: epochs of "
+        "warm-up count, so at tuned's 500 warm-up steps a stage can stop before its learning "
+        "rate has reached full size (docs/draws.md, 'Where early stopping ends a stage').",
+    )
     overweight_factor: float = key(
         2.0,
         "Finetune draws overweight_flight this many times as often as each other flight, >= "

@@ -47,6 +47,7 @@ def resolve_config(
     ema_decay: float,
     early_stopping_patience: int,
     early_stopping_min_delta: float,
+    early_stopping_after_warmup: bool,
     overweight_factor: float,
     val_fraction: float,
     mixed_precision: bool,

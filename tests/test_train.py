@@ -157,6 +157,21 @@ def test_early_stopping_keeps_best_epoch(tmp_path):
     assert ck["epoch"] == 1 and ck["best_selection_loss"] == pytest.approx(s["best_selection_loss"])
 
 
+@pytest.mark.parametrize("after_warmup, stop_epoch", [(False, 3), (True, 4)])
+def test_early_stopping_patience_during_warmup(tmp_path, after_warmup, stop_epoch):
+    """Warm-up over the first 3 epochs: with early_stopping_after_warmup the non-improving
+    epoch 2 (still warming up) does not count, epochs 3 and 4 do, so a patience of 2 stops
+    after epoch 4 instead of 3; the kept epoch is 1 either way."""
+    shards = write_shards(tmp_path, ["30Oct24"])
+    one = train.pretrain(shards, fast_cfg(epochs=1), tmp_path / "one")
+    per_epoch = one["global_steps"]
+    cfg = fast_cfg(epochs=10, early_stopping_patience=2, early_stopping_min_delta=1.0,
+                   warmup_steps=3 * per_epoch, early_stopping_after_warmup=after_warmup)  # fmt: skip
+    s = train.pretrain(shards, cfg, tmp_path / "pre")
+    assert (s["best_epoch"], s["epochs_run"], s["stopped_early"]) == (1, stop_epoch, True)
+    assert s["global_steps"] == stop_epoch * per_epoch
+
+
 def test_finetune_never_batches_the_validation_flight(tmp_path, monkeypatch):
     flights = ["30Oct24", "04Nov24", "12Feb25"]
     shards = write_shards(tmp_path, flights)

@@ -283,14 +283,15 @@ def _select(
     learner: Learner, state: TrainState, sel_loss: float, epoch: int, tc: TrainConfig
 ) -> bool:
     """Step the plateau schedule (after warm-up only) and keep the weights when `sel_loss`
-    improved; returns whether it did."""
+    improved; returns whether it did. A non-improving epoch counts towards early stopping,
+    during warm-up only when early_stopping_after_warmup is off."""
     if state.global_step >= tc.warmup_steps:
         learner.sched.step(sel_loss)  # plateau schedule only after warm-up
     better = improved(sel_loss, state.best_selection_loss, tc.early_stopping_min_delta)
     if better:
         state.best_selection_loss, state.best_epoch, state.bad_epochs = sel_loss, epoch, 0
         learner.best_state = {k: v.detach().clone() for k, v in learner.kept.state_dict().items()}
-    else:
+    elif state.global_step >= tc.warmup_steps or not tc.early_stopping_after_warmup:
         state.bad_epochs += 1
     return better
 
