@@ -53,20 +53,30 @@ def test_stages_parse() -> None:
 
 
 def test_one_dockerfile_one_python_layer_for_both_kinds() -> None:
-    """What is proven for the CPU image holds for the GPU image: only the `build` stage
-    installs Python packages, the cpu target copies its venv, and gpu is the cpu target
-    plus the NVIDIA settings (no install of its own)."""
+    """What is proven for the CPU image holds for the GPU image: only `deps` (the pinned
+    venv) and `build` (the code, into /opt/cloudml) install Python packages; both kinds copy
+    the same venv (through cpu-runtime) and the same code, and gpu adds only the NVIDIA
+    settings and the C toolchain, before the code. The code comes last, so a code change
+    rebuilds only `build` and the two small COPY layers."""
     assert sorted(p.name for p in IMAGES.glob("*Dockerfile")) == ["Dockerfile"]
     st = stages(DOCKERFILE.read_text())
-    assert list(st) == ["runtime", "build", "cpu", "gpu"]
-    assert [name for name, (_, body) in st.items() if "pip install" in body] == ["build"]
-    assert st["build"][0] == "runtime" and st["cpu"][0] == "runtime" and st["gpu"][0] == "cpu"
-    assert "COPY --from=build /opt/venv /opt/venv" in st["cpu"][1]
-    assert "COPY" not in st["gpu"][1]
-    assert "gcc" in st["gpu"][1]  # Triton (torch.compile on CUDA) compiles at run time
-    build = st["build"][1]
-    assert build.count("pip install --no-cache-dir -r /tmp/constraints.txt") == 1
-    assert "COPY images/constraints.txt /tmp/constraints.txt" in build
+    assert list(st) == ["runtime", "deps", "build", "cpu-runtime", "gpu-runtime", "cpu", "gpu"]
+    assert [name for name, (_, body) in st.items() if "pip install" in body] == ["deps", "build"]
+    parents = {name: base for name, (base, _) in st.items() if name != "runtime"}
+    assert parents == {"deps": "runtime", "build": "deps", "cpu-runtime": "runtime",
+                       "gpu-runtime": "cpu-runtime", "cpu": "cpu-runtime", "gpu": "gpu-runtime"}  # fmt: skip
+    assert "COPY --from=deps /opt/venv /opt/venv" in st["cpu-runtime"][1]
+    for kind in ("cpu", "gpu"):
+        copies = re.findall(r"^COPY .*$", st[kind][1], re.M)
+        assert copies == ["COPY --from=build /opt/cloudml /opt/cloudml"], kind
+    assert "COPY" not in st["gpu-runtime"][1] and "gcc" in st["gpu-runtime"][1]  # Triton
+    assert "--target /opt/cloudml /src" in st["build"][1]
+    env = dict(re.findall(r"\b([A-Z_]+)=(\S+)", st["cpu-runtime"][1]))
+    assert env["PYTHONPATH"] == "/opt/cloudml" and env["PATH"].startswith("/opt/cloudml/bin:")
+    deps = st["deps"][1]
+    assert deps.count("pip install --no-cache-dir -r /tmp/constraints.txt") == 1
+    assert "COPY images/constraints.txt /tmp/constraints.txt" in deps
+    assert not re.search(r"^COPY (cloudml|components|pipelines|pyproject|README)", deps, re.M)
 
 
 @pytest.mark.parametrize("path", [DOCKERFILE], ids=lambda p: p.name)
@@ -87,8 +97,10 @@ def test_hadolint_catches_unpinned_pip(tmp_path: Path) -> None:
 def test_runtime_settings() -> None:
     text = DOCKERFILE.read_text()
     st = stages(text)
-    runtime, cpu = st["runtime"][1], st["cpu"][1]
-    assert f"ARG TORCH_VERSION={_torch_pin()}\n" in st["build"][1]
+    runtime, cpu = st["runtime"][1], st["cpu-runtime"][1]
+    assert re.findall(r"^ARG TORCH_VERSION=(\S+)$", text, re.M) == [_torch_pin()]  # once, global
+    for name in ("deps", "build"):
+        assert "ARG TORCH_VERSION\n" in st[name][1], name
     assert f"MALLOC_CONF={MALLOC_CONF}" in cpu
     (preload,) = re.findall(r"LD_PRELOAD=(\S+)", cpu)
     assert f"test -f {preload}" in runtime  # the build fails if jemalloc is not where it says
