@@ -230,7 +230,7 @@ def report(k: int, compare: tuple[int, ...] = (1, 2, 3)) -> str:
     choice = [
         "",
         f"Ensemble sizes side by side (every K-combination of the same draws; K = 1 is the "
-        f"single members; {k} is the default `ensemble_size`):",
+        f"single members; the table above is K = {k}):",
         "",
         *choice_rows(campaigns, compare),
     ]
